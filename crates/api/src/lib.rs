@@ -1,0 +1,324 @@
+//! The gateway's hot-reloadable configuration: one Rust type that `live-operator` renders into a
+//! ConfigMap and `live-gateway` reads back, so the two can never drift.
+//!
+//! Every field has a default, so an empty file (or `{}`) is a valid configuration. Unknown keys are
+//! rejected: a misspelt key that silently did nothing would be worse than a refused reload.
+//!
+//! Everything in this type is applied by a running gateway within seconds of the file changing;
+//! settings that need a restart (listeners, keys, Redis URL, drain window) are command-line flags
+//! or environment variables instead.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The key under which the operator stores the config in its ConfigMap, and so the file name the
+/// gateway finds in the mounted directory.
+pub const CONFIG_FILE_NAME: &str = "gateway.yaml";
+
+/// Upper bounds that keep a typo (an extra zero) from turning into an outage or a memory blow-up.
+pub const MAX_RATE_PER_MINUTE: u32 = 100_000;
+pub const MAX_MESSAGE_LENGTH: u32 = 10_000;
+pub const MAX_GIFT_QTY: u32 = 1_000_000;
+pub const MAX_MUTE_SECONDS: u64 = 30 * 24 * 3600;
+
+/// The gateway's hot-reloadable settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Per-user limits, counted over all of a user's connections.
+    pub rate_limits: RateLimits,
+    /// Which browser origins may connect.
+    pub cors: Cors,
+    /// Who may moderate, and how long a mute lasts by default.
+    pub moderation: Moderation,
+    /// Input limits for chat and gifts.
+    pub limits: Limits,
+}
+
+/// Per-user limits over a fixed one-minute window that starts with the user's first event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Chat messages a user may send per minute (default 30).
+    #[schemars(range(min = 1, max = 100_000))]
+    pub messages_per_minute: u32,
+    /// Gift announcements a user may send per minute (default 30).
+    #[schemars(range(min = 1, max = 100_000))]
+    pub gifts_per_minute: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            messages_per_minute: 30,
+            gifts_per_minute: 30,
+        }
+    }
+}
+
+/// Browser origins allowed to open a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Cors {
+    /// Exact origins (`scheme://host[:port]`). Absent: the gateway falls back to the `CORS_ALLOW`
+    /// environment variable, and when that is unset too every origin is allowed (with a warning).
+    /// Present, even empty: this list wins over `CORS_ALLOW`; an empty list refuses every request
+    /// that carries an `Origin` header (native mobile clients send none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Moderation rights and defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Moderation {
+    /// Token `role` values that may moderate (default `["admin"]`).
+    pub admin_roles: Vec<String>,
+    /// Tokens whose `ogLevel` is at least this may moderate (default 5).
+    pub min_og_level: u32,
+    /// How long a `mute` lasts when the moderator gives no `durationSeconds` (default 300).
+    #[schemars(range(min = 1, max = 2_592_000))]
+    pub mute_seconds: u64,
+}
+
+impl Default for Moderation {
+    fn default() -> Self {
+        Self {
+            admin_roles: vec!["admin".to_owned()],
+            min_og_level: 5,
+            mute_seconds: 300,
+        }
+    }
+}
+
+/// Input limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest chat message in characters, counted before sanitizing (default 500).
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max_message_length: u32,
+    /// Largest gift quantity (default 100).
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_gift_qty: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_length: 500,
+            max_gift_qty: 100,
+        }
+    }
+}
+
+/// Why a configuration was refused. The gateway keeps its last good config when it sees one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("config is not valid YAML for the gateway schema: {0}")]
+    Parse(String),
+    #[error("config field `{field}` is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl GatewayConfig {
+    /// Parses and validates a YAML document. An empty document is the default configuration.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Renders the YAML document the gateway reads. Serialization of these plain types cannot
+    /// fail, so this is infallible.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks the bounds the schema documents, so a file written by hand is held to the same rules
+    /// as a ConfigMap rendered from a validated `LiveRealtime`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            field: &'static str,
+            value: T,
+            min: T,
+            max: T,
+        ) -> Result<(), ConfigError> {
+            if value < min || value > max {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{value} is outside {min}..={max}"),
+                });
+            }
+            Ok(())
+        }
+        range(
+            "rateLimits.messagesPerMinute",
+            self.rate_limits.messages_per_minute,
+            1,
+            MAX_RATE_PER_MINUTE,
+        )?;
+        range(
+            "rateLimits.giftsPerMinute",
+            self.rate_limits.gifts_per_minute,
+            1,
+            MAX_RATE_PER_MINUTE,
+        )?;
+        range(
+            "moderation.muteSeconds",
+            self.moderation.mute_seconds,
+            1,
+            MAX_MUTE_SECONDS,
+        )?;
+        range(
+            "limits.maxMessageLength",
+            self.limits.max_message_length,
+            1,
+            MAX_MESSAGE_LENGTH,
+        )?;
+        range("limits.maxGiftQty", self.limits.max_gift_qty, 1, MAX_GIFT_QTY)?;
+        if let Some(role) = self.moderation.admin_roles.iter().find(|r| r.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                field: "moderation.adminRoles",
+                reason: format!("role {role:?} is empty"),
+            });
+        }
+        for origin in self.cors.allowed_origins.iter().flatten() {
+            validate_origin(origin).map_err(|reason| ConfigError::Invalid {
+                field: "cors.allowedOrigins",
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An allowed origin is what browsers send in `Origin`: `scheme://host[:port]`, nothing after.
+pub fn validate_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| format!("origin {origin:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '*']) {
+        return Err(format!(
+            "origin {origin:?} must be scheme://host[:port] with no path, wildcard or trailing slash"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a comma-separated origin list (the `CORS_ALLOW` variable), validating each entry.
+pub fn parse_origin_list(list: &str) -> Result<Vec<String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|o| validate_origin(o).map(|()| o.to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_document_is_the_default_config() {
+        assert_eq!(GatewayConfig::from_yaml("").unwrap(), GatewayConfig::default());
+        assert_eq!(GatewayConfig::from_yaml("{}\n").unwrap(), GatewayConfig::default());
+    }
+
+    #[test]
+    fn defaults_match_the_node_layer() {
+        let c = GatewayConfig::default();
+        assert_eq!(c.rate_limits.messages_per_minute, 30);
+        assert_eq!(c.rate_limits.gifts_per_minute, 30);
+        assert_eq!(c.limits.max_message_length, 500);
+        assert_eq!(c.limits.max_gift_qty, 100);
+        assert_eq!(c.moderation.admin_roles, vec!["admin"]);
+        assert_eq!(c.moderation.min_og_level, 5);
+        assert_eq!(c.moderation.mute_seconds, 300);
+        assert_eq!(c.cors.allowed_origins, None);
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = GatewayConfig::from_yaml(
+            "rateLimits: {messagesPerMinute: 10, giftsPerMinute: 3}\n\
+             cors: {allowedOrigins: [\"https://staging.example.com\"]}\n\
+             moderation: {adminRoles: [\"admin\", \"mod\"], minOgLevel: 4, muteSeconds: 60}\n\
+             limits: {maxMessageLength: 200, maxGiftQty: 50}\n",
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits.messages_per_minute, 10);
+        assert_eq!(c.rate_limits.gifts_per_minute, 3);
+        assert_eq!(
+            c.cors.allowed_origins,
+            Some(vec!["https://staging.example.com".to_owned()])
+        );
+        assert_eq!(c.moderation.admin_roles, vec!["admin", "mod"]);
+        assert_eq!(c.limits.max_gift_qty, 50);
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let mut c = GatewayConfig::default();
+        c.rate_limits.gifts_per_minute = 7;
+        c.cors.allowed_origins = Some(vec!["http://localhost:3000".into()]);
+        assert_eq!(GatewayConfig::from_yaml(&c.to_yaml()).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = GatewayConfig::from_yaml("rateLimits: {messagesPerMinut: 10}").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(m) if m.contains("messagesPerMinut")));
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        assert!(matches!(
+            GatewayConfig::from_yaml("rateLimits: {messagesPerMinute: lots}"),
+            Err(ConfigError::Parse(_))
+        ));
+        assert!(matches!(
+            GatewayConfig::from_yaml("- a list"),
+            Err(ConfigError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_field_name() {
+        let err = GatewayConfig::from_yaml("rateLimits: {messagesPerMinute: 0}").unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Invalid {
+                field: "rateLimits.messagesPerMinute",
+                reason: "0 is outside 1..=100000".into()
+            }
+        );
+        assert!(GatewayConfig::from_yaml("limits: {maxMessageLength: 10001}").is_err());
+        assert!(GatewayConfig::from_yaml("moderation: {muteSeconds: 0}").is_err());
+        assert!(GatewayConfig::from_yaml("moderation: {adminRoles: [\" \"]}").is_err());
+    }
+
+    #[test]
+    fn origins_must_be_bare_scheme_host_port() {
+        assert!(validate_origin("https://a.example.com").is_ok());
+        assert!(validate_origin("http://localhost:3000").is_ok());
+        assert!(validate_origin("https://a.example.com/").is_err());
+        assert!(validate_origin("a.example.com").is_err());
+        assert!(validate_origin("https://*.example.com").is_err());
+        assert!(GatewayConfig::from_yaml("cors: {allowedOrigins: [\"ftp://x\"]}").is_err());
+    }
+
+    #[test]
+    fn origin_lists_split_on_commas_and_skip_blanks() {
+        assert_eq!(
+            parse_origin_list(" https://a.example , http://localhost:3000,").unwrap(),
+            vec!["https://a.example", "http://localhost:3000"]
+        );
+        assert!(parse_origin_list("https://a.example,nope").is_err());
+    }
+}

@@ -1,0 +1,258 @@
+//! Command-line flags and environment variables, and their conversion into the settings the
+//! server runs with. Flags win over environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::auth::KeyMaterial;
+use crate::error::{Error, Result};
+
+/// live-gateway: the Socket.IO gateway for live streaming.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Args {
+    /// Public Socket.IO listener (path /ws, namespace /live).
+    #[arg(long, env = "LIVE_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+
+    /// Admin listener: HTTP bridge, /metrics, /healthz, /readyz. Never expose it publicly.
+    #[arg(long, env = "LIVE_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
+    pub admin_listen: SocketAddr,
+
+    /// Hot-reloaded YAML config file (rate limits, CORS, moderation, limits).
+    #[arg(long, env = "LIVE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Run with no setup: make a JWT secret when none is set and print ready tokens.
+    #[arg(long, env = "LIVE_DEV")]
+    pub dev: bool,
+
+    /// HS256 secret for JWTs.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RS256 or ES256, see --jwt-algorithm).
+    #[arg(long, env = "JWT_PUBLIC_KEY", hide_env_values = true)]
+    pub jwt_public_key: Option<String>,
+
+    /// Path of a PEM public key file.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// The one algorithm tokens may use: HS256 (with JWT_SECRET), RS256 or ES256 (with a public
+    /// key). Defaults to RS256 when only a public key is given, else HS256.
+    #[arg(long, env = "JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Allowed browser origins, comma-separated. The config file's cors.allowedOrigins wins.
+    #[arg(long, env = "CORS_ALLOW")]
+    pub cors_allow: Option<String>,
+
+    /// Seconds over which connections are closed on SIGTERM, in jittered batches.
+    #[arg(long, env = "LIVE_DRAIN_SECONDS", default_value_t = 20)]
+    pub drain_seconds: u64,
+
+    /// Hard deadline after SIGTERM; defaults to the drain window plus 10 s.
+    #[arg(long, env = "LIVE_SHUTDOWN_TIMEOUT_SECONDS")]
+    pub shutdown_timeout_seconds: Option<u64>,
+
+    /// Largest WebSocket message or polling payload a client may send, in bytes.
+    #[arg(long, env = "LIVE_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LIVE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Validated settings for one run of the server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub config: Option<PathBuf>,
+    pub key: KeyMaterial,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub cors_env: Option<Vec<String>>,
+    pub drain: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_payload_bytes: usize,
+}
+
+impl Args {
+    /// Checks the flags and resolves the key. `dev_secret` is used only when `--dev` is set and
+    /// no key is configured.
+    pub fn settings(&self, dev_secret: impl FnOnce() -> String) -> Result<Settings> {
+        let Self {
+            listen,
+            admin_listen,
+            config,
+            dev,
+            jwt_secret,
+            jwt_public_key,
+            jwt_public_key_file,
+            jwt_algorithm,
+            jwt_issuer,
+            jwt_audience,
+            cors_allow,
+            drain_seconds,
+            shutdown_timeout_seconds,
+            max_payload_bytes,
+            log_format: _,
+        } = self;
+        if listen == admin_listen {
+            return Err(Error::Startup(
+                "--listen and --admin-listen must differ: the bridge and metrics never share the public port".into(),
+            ));
+        }
+        let pem = match (jwt_public_key, jwt_public_key_file) {
+            (Some(p), _) if !p.trim().is_empty() => Some(p.clone()),
+            (_, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Error::Startup(format!("cannot read JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))
+            })?),
+            _ => None,
+        };
+        let secret = jwt_secret.clone().filter(|s| !s.is_empty());
+        let alg = jwt_algorithm.as_deref().map(str::to_ascii_uppercase);
+        let key = match (alg.as_deref(), secret, pem) {
+            (Some("HS256") | None, Some(s), _) => KeyMaterial::Hs256Secret(s),
+            (Some("RS256") | None, None, Some(p)) | (Some("RS256"), _, Some(p)) => {
+                KeyMaterial::Rs256Pem(p)
+            }
+            (Some("ES256"), _, Some(p)) => KeyMaterial::Es256Pem(p),
+            (Some(a @ ("HS256" | "RS256" | "ES256")), _, _) => {
+                return Err(Error::Startup(format!(
+                    "JWT_ALGORITHM={a} needs {}",
+                    if a == "HS256" { "JWT_SECRET" } else { "JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE" }
+                )));
+            }
+            (Some(a), _, _) => {
+                return Err(Error::Startup(format!(
+                    "JWT_ALGORITHM={a} is not supported; use HS256, RS256 or ES256"
+                )));
+            }
+            (None, None, None) if *dev => KeyMaterial::Hs256Secret(dev_secret()),
+            (None, None, None) => {
+                return Err(Error::Startup(
+                    "no JWT key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY / JWT_PUBLIC_KEY_FILE (RS256/ES256), or run with --dev".into(),
+                ));
+            }
+        };
+        let cors_env = match cors_allow.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(list) => Some(
+                live_api::parse_origin_list(list)
+                    .map_err(|e| Error::Startup(format!("CORS_ALLOW: {e}")))?,
+            ),
+        };
+        let drain = Duration::from_secs(*drain_seconds);
+        let shutdown_timeout = shutdown_timeout_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(drain + Duration::from_secs(10));
+        if shutdown_timeout <= drain {
+            return Err(Error::Startup(
+                "LIVE_SHUTDOWN_TIMEOUT_SECONDS must exceed LIVE_DRAIN_SECONDS".into(),
+            ));
+        }
+        if *max_payload_bytes < 1024 {
+            return Err(Error::Startup("LIVE_MAX_PAYLOAD_BYTES must be at least 1024".into()));
+        }
+        Ok(Settings {
+            listen: *listen,
+            admin_listen: *admin_listen,
+            config: config.clone(),
+            key,
+            issuer: jwt_issuer.clone().filter(|s| !s.is_empty()),
+            audience: jwt_audience.clone().filter(|s| !s.is_empty()),
+            cors_env,
+            drain,
+            shutdown_timeout,
+            max_payload_bytes: *max_payload_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["live-gateway"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    fn no_dev() -> String {
+        panic!("dev secret must not be requested")
+    }
+
+    #[test]
+    fn without_a_key_the_gateway_refuses_to_start() {
+        let a = Args {
+            jwt_secret: None,
+            jwt_public_key: None,
+            ..args(&[])
+        };
+        let err = a.settings(no_dev).unwrap_err().to_string();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn dev_mode_makes_a_secret_only_when_none_is_set() {
+        let a = Args {
+            jwt_secret: None,
+            jwt_public_key: None,
+            ..args(&["--dev"])
+        };
+        let s = a.settings(|| "generated".into()).unwrap();
+        assert!(matches!(s.key, KeyMaterial::Hs256Secret(k) if k == "generated"));
+        let a = args(&["--dev", "--jwt-secret", "mine"]);
+        let s = a.settings(no_dev).unwrap();
+        assert!(matches!(s.key, KeyMaterial::Hs256Secret(k) if k == "mine"));
+    }
+
+    #[test]
+    fn the_algorithm_is_pinned_by_configuration() {
+        let a = args(&["--jwt-public-key", "PEM", "--jwt-algorithm", "es256"]);
+        assert!(matches!(a.settings(no_dev).unwrap().key, KeyMaterial::Es256Pem(_)));
+        let a = args(&["--jwt-public-key", "PEM"]);
+        assert!(matches!(a.settings(no_dev).unwrap().key, KeyMaterial::Rs256Pem(_)));
+        let a = args(&["--jwt-secret", "s", "--jwt-algorithm", "RS256"]);
+        assert!(a.settings(no_dev).is_err());
+        let a = args(&["--jwt-secret", "s", "--jwt-algorithm", "none"]);
+        assert!(a.settings(no_dev).unwrap_err().to_string().contains("not supported"));
+    }
+
+    #[test]
+    fn the_public_and_admin_listeners_must_differ() {
+        let a = args(&["--jwt-secret", "s", "--listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:1"]);
+        assert!(a.settings(no_dev).is_err());
+    }
+
+    #[test]
+    fn cors_allow_is_validated_and_the_deadline_follows_the_drain_window() {
+        let a = args(&["--jwt-secret", "s", "--cors-allow", "https://a.example, http://b:1"]);
+        let s = a.settings(no_dev).unwrap();
+        assert_eq!(
+            s.cors_env,
+            Some(vec!["https://a.example".to_owned(), "http://b:1".to_owned()])
+        );
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        let a = args(&["--jwt-secret", "s", "--cors-allow", "a.example"]);
+        assert!(a.settings(no_dev).is_err());
+        let a = args(&["--jwt-secret", "s", "--drain-seconds", "5", "--shutdown-timeout-seconds", "5"]);
+        assert!(a.settings(no_dev).is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! Wires the gateway together and runs it: the public Socket.IO listener, the admin listener, the
+//! config reloader and the periodic sweeper, then the drain on shutdown.
+//!
+//! `run` takes its listeners and its shutdown signal as arguments, so tests and embedders choose
+//! ports and decide when to stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use socketioxide::SocketIo;
+use socketioxide::adapter::{Adapter, LocalAdapter};
+use socketioxide::handler::ConnectHandler;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::args::Settings;
+use crate::auth::Verifier;
+use crate::bridge::{self, AdminState};
+use crate::config::{self, ConfigSource, Origins};
+use crate::drain::{Connections, DrainableListener};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::realtime::{self, NAMESPACE};
+use crate::state::AppState;
+
+/// The Socket.IO request path.
+pub const SOCKET_PATH: &str = "/ws";
+/// How often expired rate-limit windows and mutes are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Batches the drain window is cut into: enough to smooth the reconnect wave, few enough that
+/// each batch is a meaningful share.
+const DRAIN_BATCHES: usize = 20;
+
+/// Runs the gateway until `shutdown` resolves, then drains and returns.
+///
+/// Expected flow: load and validate the config (an invalid file refuses to start), start the
+/// reloader, serve both listeners; on `shutdown`, fail readiness, stop accepting, cut
+/// connections in jittered batches over the drain window, and return once every connection is
+/// closed or the shutdown timeout passes, whichever is first.
+pub async fn run(
+    settings: Settings,
+    public: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let metrics = Metrics::new();
+    let source = ConfigSource {
+        path: settings.config.clone(),
+        cors_env: settings.cors_env.clone(),
+    };
+    let initial = source.load()?;
+    if initial.origins == Origins::Any {
+        tracing::warn!(
+            "no CORS_ALLOW and no cors.allowedOrigins: every browser origin may connect"
+        );
+    }
+    let (config_tx, config_rx) = watch::channel(Arc::new(initial));
+    let verifier = Verifier::new(
+        &settings.key,
+        settings.issuer.as_deref(),
+        settings.audience.as_deref(),
+    )
+    .map_err(Error::Startup)?;
+    let state = AppState::new(config_rx, verifier, metrics.clone());
+    let background = CancellationToken::new();
+    config::spawn_reloader(source, config_tx, metrics, background.clone())?;
+    spawn_sweeper(state.clone(), background.clone());
+
+    let (layer, io) = SocketIo::builder()
+        .req_path(SOCKET_PATH)
+        .max_payload(settings.max_payload_bytes as u64)
+        .ws_max_message_size(settings.max_payload_bytes)
+        .ws_max_frame_size(settings.max_payload_bytes)
+        .with_state(state.clone())
+        .build_layer();
+    io.ns(
+        NAMESPACE,
+        realtime::on_connect::<LocalAdapter>.with(realtime::authenticate::<LocalAdapter>),
+    );
+    let public_app = public_router(state.clone(), layer);
+    let result = serve(settings, state, io, public_app, public, admin, shutdown).await;
+    background.cancel();
+    result
+}
+
+/// The public router: the origin guard, CORS, then Socket.IO; everything else is 404.
+fn public_router<L>(state: AppState, socketio: L) -> Router
+where
+    L: tower::Layer<Router>,
+    L::Service: tower::Service<Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<Request>>::Response: IntoResponse + 'static,
+    <L::Service as tower::Service<Request>>::Future: Send + 'static,
+{
+    let cors_state = state.clone();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin
+                .to_str()
+                .is_ok_and(|o| cors_state.config().origins.allows(o))
+        }))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    // The Socket.IO layer is applied exactly once: each `layer()` call builds a separate engine
+    // with its own session table, and `Router::layer` may call it more than once (polling then
+    // fails with "Session ID unknown" when two requests land on different engines).
+    let not_found = Router::new().fallback(|| async { StatusCode::NOT_FOUND });
+    Router::new()
+        .fallback_service(socketio.layer(not_found))
+        .layer(cors)
+        .layer(middleware::from_fn_with_state(state, guard))
+}
+
+/// Refuses, before Socket.IO sees them, handshakes from origins not on the list (polling and
+/// WebSocket upgrades alike) and new sessions while draining.
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| state.config().origins.allows(o));
+        if !allowed {
+            state.metrics.error("origin_not_allowed");
+            state
+                .metrics
+                .connections
+                .with_label_values(&["rejected"])
+                .inc();
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    let is_new_session = !req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")));
+    if state.is_draining() && is_new_session {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    next.run(req).await
+}
+
+fn spawn_sweeper(state: AppState, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = every.tick() => state.sweep(),
+            }
+        }
+    });
+}
+
+async fn serve<A: Adapter>(
+    settings: Settings,
+    state: AppState,
+    io: SocketIo<A>,
+    public_app: Router,
+    public: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let metrics_io = io.clone();
+    state
+        .metrics
+        .register_rooms(move || realtime::local_room_sizes(&metrics_io));
+    let admin_app = bridge::router(AdminState {
+        app: state.clone(),
+        io,
+    });
+
+    let connections = Connections::default();
+    let stop_public = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
+    let mut public_task = tokio::spawn(
+        axum::serve(DrainableListener::new(public, connections.clone()), public_app)
+            .with_graceful_shutdown(stop_public.clone().cancelled_owned())
+            .into_future(),
+    );
+    let mut admin_task = tokio::spawn(
+        axum::serve(admin, admin_app)
+            .with_graceful_shutdown(stop_admin.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(
+        public = %settings.listen,
+        admin = %settings.admin_listen,
+        "live-gateway ready"
+    );
+
+    tokio::select! {
+        () = shutdown => {}
+        r = &mut public_task => return Err(Error::Startup(format!("public listener stopped: {r:?}"))),
+        r = &mut admin_task => return Err(Error::Startup(format!("admin listener stopped: {r:?}"))),
+    }
+
+    // Drain. Readiness fails first so load balancers stop sending new clients here.
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    state.start_draining();
+    stop_public.cancel();
+    tracing::info!(
+        connections = connections.len(),
+        window_seconds = settings.drain.as_secs(),
+        "draining"
+    );
+    let drained = tokio::time::timeout_at(deadline, async {
+        connections.drain(settings.drain, DRAIN_BATCHES).await;
+        connections.closed().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            "shutdown timeout reached with connections still open"
+        );
+    }
+    let _ = tokio::time::timeout_at(deadline, &mut public_task).await;
+    stop_admin.cancel();
+    let _ = tokio::time::timeout_at(deadline, &mut admin_task).await;
+    tracing::info!("live-gateway stopped");
+    Ok(())
+}
