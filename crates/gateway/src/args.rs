@@ -71,6 +71,19 @@ pub struct Args {
     #[arg(long, env = "LIVE_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
     pub max_payload_bytes: usize,
 
+    /// Redis (>= 7) for running several replicas as one: cross-replica fan-out, shared rate
+    /// limits, mutes, viewer counts and presence. Without it the gateway runs alone.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and pub/sub channel, so several deployments can share a Redis.
+    #[arg(long, env = "LIVE_REDIS_PREFIX", default_value = "live")]
+    pub redis_prefix: String,
+
+    /// This replica's name in shared counts (Kubernetes: the pod name). Random when unset.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
     /// Log format: text or json.
     #[arg(long, env = "LIVE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -89,6 +102,25 @@ pub struct Settings {
     pub drain: Duration,
     pub shutdown_timeout: Duration,
     pub max_payload_bytes: usize,
+    pub redis: Option<RedisSettings>,
+}
+
+/// How to reach Redis and how to name this replica there.
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub pod: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisSettings")
+            .field("prefix", &self.prefix)
+            .field("pod", &self.pod)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Args {
@@ -110,6 +142,9 @@ impl Args {
             drain_seconds,
             shutdown_timeout_seconds,
             max_payload_bytes,
+            redis_url,
+            redis_prefix,
+            pod_name,
             log_format: _,
         } = self;
         if listen == admin_listen {
@@ -169,6 +204,23 @@ impl Args {
         if *max_payload_bytes < 1024 {
             return Err(Error::Startup("LIVE_MAX_PAYLOAD_BYTES must be at least 1024".into()));
         }
+        if redis_prefix.is_empty() || redis_prefix.contains(['#', ' ']) {
+            return Err(Error::Startup(
+                "LIVE_REDIS_PREFIX must be non-empty without '#' or spaces".into(),
+            ));
+        }
+        let redis = redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|url| RedisSettings {
+                url: url.to_owned(),
+                prefix: redis_prefix.clone(),
+                pod: pod_name
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| format!("gw-{:016x}", rand::random::<u64>())),
+            });
         Ok(Settings {
             listen: *listen,
             admin_listen: *admin_listen,
@@ -180,6 +232,7 @@ impl Args {
             drain,
             shutdown_timeout,
             max_payload_bytes: *max_payload_bytes,
+            redis,
         })
     }
 }

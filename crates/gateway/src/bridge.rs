@@ -310,11 +310,15 @@ async fn viewers<A: Adapter>(
     let result = async {
         caller(&s.app, &headers)?;
         let channel = checked_channel(&channel)?;
-        let count = room_ops(&s.io, channel)?
-            .fetch_sockets()
-            .await
-            .map_err(|e| Error::Startup(format!("adapter: {e}")))?
-            .len();
+        let local = || room_ops(&s.io, channel).map(|ops| ops.sockets().len() as u64);
+        let count = match &s.app.shared {
+            // Cluster-wide from the pods' snapshots; this pod's own count if Redis cannot answer.
+            Some(shared) => match shared.viewers(channel, unix_millis()).await {
+                Ok(n) => n,
+                Err(()) => local()?,
+            },
+            None => local()?,
+        };
         Ok(json!({ "channelName": channel, "viewers": count }))
     }
     .await;
@@ -329,11 +333,22 @@ async fn user<A: Adapter>(
     let result = async {
         caller(&s.app, &headers)?;
         let channel = checked_channel(&channel)?;
-        let present = room_ops(&s.io, channel)?.sockets().iter().any(|sock| {
-            sock.extensions
-                .get::<std::sync::Arc<Claims>>()
-                .is_some_and(|c| c.user_id == user_id)
-        });
+        let local = || {
+            room_ops(&s.io, channel).map(|ops| {
+                ops.sockets().iter().any(|sock| {
+                    sock.extensions
+                        .get::<std::sync::Arc<Claims>>()
+                        .is_some_and(|c| c.user_id == user_id)
+                })
+            })
+        };
+        let present = match &s.app.shared {
+            Some(shared) => match shared.present(channel, &user_id, unix_millis()).await {
+                Ok(p) => p,
+                Err(()) => local()?,
+            },
+            None => local()?,
+        };
         Ok(json!({ "channelName": channel, "userId": user_id, "present": present }))
     }
     .await;

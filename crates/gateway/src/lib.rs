@@ -12,6 +12,7 @@
 pub mod args;
 pub mod auth;
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod drain;

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub bridge_requests: IntCounterVec,
     pub emit_failures: IntCounter,
     pub draining: IntGauge,
+    pub redis_up: IntGauge,
+    pub redis_errors: IntCounterVec,
+    pub redis_adapter_dropped: IntCounter,
+    pub redis_publish_skipped: IntCounter,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -118,6 +122,29 @@ impl Metrics {
         .expect("static metric definition");
         let draining = IntGauge::new("live_draining", "1 while the gateway drains connections")
             .expect("static metric definition");
+        let redis_up = IntGauge::new(
+            "live_redis_up",
+            "1 while both Redis connections are up; 0 while down (also 0 without REDIS_URL)",
+        )
+        .expect("static metric definition");
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "live_redis_errors_total",
+                "Redis calls that failed or timed out (the gateway fell back to local state), by operation",
+            ),
+            &["op"],
+        )
+        .expect("static metric definition");
+        let redis_adapter_dropped = IntCounter::new(
+            "live_redis_adapter_dropped_total",
+            "Cross-replica messages dropped because the adapter's stream buffer was full",
+        )
+        .expect("static metric definition");
+        let redis_publish_skipped = IntCounter::new(
+            "live_redis_publish_skipped_total",
+            "Broadcasts delivered locally only because Redis was unreachable",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("live_build_info", "Build information; always 1"),
             &["version"],
@@ -141,6 +168,10 @@ impl Metrics {
             Box::new(bridge_requests.clone()),
             Box::new(emit_failures.clone()),
             Box::new(draining.clone()),
+            Box::new(redis_up.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(redis_adapter_dropped.clone()),
+            Box::new(redis_publish_skipped.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -163,6 +194,10 @@ impl Metrics {
             bridge_requests,
             emit_failures,
             draining,
+            redis_up,
+            redis_errors,
+            redis_adapter_dropped,
+            redis_publish_skipped,
         }
     }
 
@@ -208,6 +243,11 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts a failed Redis call by operation (a fixed set of names).
+    pub fn redis_error(&self, op: &'static str) {
+        self.redis_errors.with_label_values(&[op]).inc();
     }
 
     /// Counts a refusal or error by its stable code.

@@ -18,7 +18,7 @@ use socketioxide::socket::DisconnectReason;
 use crate::auth::{AuthError, Claims, token_from};
 use crate::error::{Error, Result};
 use crate::protocol::{self, Action, inbound, outbound};
-use crate::ratelimit::{Decision, Kind};
+use crate::ratelimit::Kind;
 use crate::state::{AppState, unix_millis};
 
 /// The namespace live apps connect to.
@@ -270,6 +270,7 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
         return Ok(());
     }
     s.join(room.clone());
+    st.membership_changed();
     st.metrics.presence_delta.with_label_values(&["join"]).inc();
     let now = unix_millis();
     let presence = protocol::PresenceUpdate {
@@ -309,6 +310,7 @@ async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Valu
 
 /// Tells the rest of a room that this socket left (by `leave` or by disconnecting).
 async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, channel: &str) {
+    st.membership_changed();
     st.metrics.presence_delta.with_label_values(&["leave"]).inc();
     let room = protocol::room(channel);
     let now = unix_millis();
@@ -343,13 +345,9 @@ async fn chat<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     let channel = member_channel(s, v)?;
     let config = st.config();
     let raw = protocol::chat_message(v, config.gateway.limits.max_message_length)?;
-    if st.is_muted(channel, &c.user_id) {
-        return Err(Error::Muted);
-    }
     let limit = config.gateway.rate_limits.messages_per_minute;
-    if let Decision::Limited { .. } = st.rate_limit(Kind::Messages, &c.user_id, limit) {
-        return Err(Error::MessageRateLimited);
-    }
+    st.check_send(Kind::Messages, channel, &c.user_id, limit)
+        .await?;
     let message = st.sanitizer.clean(raw);
     if message.is_empty() {
         return Err(Error::EmptyMessage);
@@ -368,13 +366,9 @@ async fn gift<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     let channel = member_channel(s, v)?;
     let config = st.config();
     let g = protocol::parse_gift(v, config.gateway.limits.max_gift_qty)?;
-    if st.is_muted(channel, &c.user_id) {
-        return Err(Error::Muted);
-    }
     let limit = config.gateway.rate_limits.gifts_per_minute;
-    if let Decision::Limited { .. } = st.rate_limit(Kind::Gifts, &c.user_id, limit) {
-        return Err(Error::GiftRateLimited);
-    }
+    st.check_send(Kind::Gifts, channel, &c.user_id, limit)
+        .await?;
     let out = protocol::GiftNew {
         from: &c.user_id,
         from_username: c.username.as_deref(),
@@ -425,7 +419,7 @@ pub async fn apply_moderation<A: Adapter>(
     let room = protocol::room(channel);
     let duration = (m.action == Action::Mute).then(|| m.duration_seconds.unwrap_or(default_mute_seconds));
     if let (Some(target), Some(seconds)) = (m.target_user_id, duration) {
-        st.mute(channel, target, seconds);
+        st.mute(channel, target, seconds).await;
     }
     let event = protocol::ModEvent {
         action: m.action,
@@ -442,6 +436,7 @@ pub async fn apply_moderation<A: Adapter>(
         if let Err(e) = room_ops.leave(room).await {
             tracing::warn!(error = %e, "ending the channel could not remove every member");
         }
+        st.membership_changed();
     }
 }
 
@@ -457,6 +452,29 @@ pub fn disconnect_label(reason: DisconnectReason) -> &'static str {
         DisconnectReason::ServerNSDisconnect => "server_disconnect",
         DisconnectReason::ClosingServer => "closing_server",
     }
+}
+
+/// This process's channel membership: sockets per channel and per (channel, user).
+pub fn local_snapshot<A: Adapter>(io: &SocketIo<A>) -> crate::cluster::Snapshot {
+    let mut snap = crate::cluster::Snapshot::default();
+    let Some(ns) = io.of(NAMESPACE) else {
+        return snap;
+    };
+    for s in ns.sockets() {
+        let user = s.extensions.get::<Arc<Claims>>();
+        for room in s.rooms() {
+            if let Some(channel) = protocol::channel_of(&room) {
+                *snap.viewers.entry(channel.to_owned()).or_default() += 1;
+                if let Some(c) = &user {
+                    *snap
+                        .presence
+                        .entry((channel.to_owned(), c.user_id.clone()))
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+    snap
 }
 
 /// Members per channel room among this process's sockets, for the room metrics.

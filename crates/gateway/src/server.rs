@@ -14,7 +14,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use socketioxide::SocketIo;
-use socketioxide::adapter::{Adapter, LocalAdapter};
+use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,6 +25,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::args::Settings;
 use crate::auth::Verifier;
 use crate::bridge::{self, AdminState};
+use crate::cluster::{self, ResilientDriver, SharedStore};
 use crate::config::{self, ConfigSource, Origins};
 use crate::drain::{Connections, DrainableListener};
 use crate::error::{Error, Result};
@@ -74,22 +76,60 @@ pub async fn run(
     config::spawn_reloader(source, config_tx, metrics, background.clone())?;
     spawn_sweeper(state.clone(), background.clone());
 
-    let (layer, io) = SocketIo::builder()
+    let builder = SocketIo::builder()
         .req_path(SOCKET_PATH)
         .max_payload(settings.max_payload_bytes as u64)
         .ws_max_message_size(settings.max_payload_bytes)
-        .ws_max_frame_size(settings.max_payload_bytes)
-        .with_state(state.clone())
-        .build_layer();
-    io.ns(
-        NAMESPACE,
-        realtime::on_connect::<LocalAdapter>.with(realtime::authenticate::<LocalAdapter>),
-    );
-    let public_app = public_router(state.clone(), layer);
-    let result = serve(settings, state, io, public_app, public, admin, shutdown).await;
+        .ws_max_frame_size(settings.max_payload_bytes);
+    let result = match settings.redis.clone() {
+        None => {
+            let (layer, io) = builder.with_state(state.clone()).build_layer();
+            io.ns(
+                NAMESPACE,
+                realtime::on_connect::<LocalAdapter>.with(realtime::authenticate::<LocalAdapter>),
+            );
+            let public_app = public_router(state.clone(), layer);
+            serve(settings, state, io, public_app, public, admin, shutdown, &background).await
+        }
+        Some(redis) => {
+            let (subscriber, pool) = cluster::clients(&redis.url)?;
+            let metrics = state.metrics.clone();
+            let driver = ResilientDriver::start(subscriber.clone(), metrics.clone(), background.clone());
+            let store = SharedStore::start(pool, &redis.prefix, &redis.pod, metrics.clone());
+            cluster::spawn_health(subscriber, store.clone(), metrics, background.clone());
+            let state = state.with_shared(store);
+            let adapter = RedisAdapterCtr::new_with_driver(
+                driver,
+                RedisAdapterConfig::new()
+                    .with_prefix(format!("{}-socket.io", redis.prefix))
+                    .with_request_timeout(Duration::from_secs(2))
+                    // Room traffic arrives in bursts (a hot channel): a deep buffer, and drops
+                    // beyond it are counted rather than blocking other namespaces.
+                    .with_stream_buffer(16 * 1024),
+            );
+            let (layer, io) = builder
+                .with_state(state.clone())
+                .with_adapter::<RedisAdapterT>(adapter)
+                .build_layer();
+            // The driver never fails a subscription (it retries on reconnection), so this only
+            // fails on a programming error such as an invalid namespace.
+            io.ns(
+                NAMESPACE,
+                realtime::on_connect::<RedisAdapterT>.with(realtime::authenticate::<RedisAdapterT>),
+            )
+            .await
+            .map_err(|e| Error::Startup(format!("redis adapter: {e}")))?;
+            tracing::info!(pod = %redis.pod, prefix = %redis.prefix, "redis mode: replicas share fan-out, limits, mutes and counts");
+            let public_app = public_router(state.clone(), layer);
+            serve(settings, state, io, public_app, public, admin, shutdown, &background).await
+        }
+    };
     background.cancel();
     result
 }
+
+/// The adapter type of a Redis-backed gateway.
+type RedisAdapterT = CustomRedisAdapter<Emitter, ResilientDriver>;
 
 /// The public router: the origin guard, CORS, then Socket.IO; everything else is 404.
 fn public_router<L>(state: AppState, socketio: L) -> Router
@@ -162,6 +202,7 @@ fn spawn_sweeper(state: AppState, stop: CancellationToken) {
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve<A: Adapter>(
     settings: Settings,
     state: AppState,
@@ -170,11 +211,23 @@ async fn serve<A: Adapter>(
     public: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
+    background: &CancellationToken,
 ) -> Result<()> {
     let metrics_io = io.clone();
     state
         .metrics
         .register_rooms(move || realtime::local_room_sizes(&metrics_io));
+    let snapshots = CancellationToken::new();
+    if let Some(shared) = &state.shared {
+        let snapshot_io = io.clone();
+        shared.spawn_snapshots(
+            move || realtime::local_snapshot(&snapshot_io),
+            crate::state::unix_millis,
+            snapshots.clone(),
+        );
+    }
+    // Background tasks end with `run`; `background` is only borrowed to tie their lifetimes.
+    let _ = background;
     let admin_app = bridge::router(AdminState {
         app: state.clone(),
         io,
@@ -225,6 +278,8 @@ async fn serve<A: Adapter>(
             "shutdown timeout reached with connections still open"
         );
     }
+    // A drained pod stops counting in shared viewer numbers at once, not after the TTL.
+    snapshots.cancel();
     let _ = tokio::time::timeout_at(deadline, &mut public_task).await;
     stop_admin.cancel();
     let _ = tokio::time::timeout_at(deadline, &mut admin_task).await;

@@ -8,6 +8,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use crate::auth::{Claims, Verifier};
+use crate::cluster::{SendDecision, SharedStore};
+use crate::error::Error;
 use crate::config::RuntimeConfig;
 use crate::metrics::Metrics;
 use crate::moderation::Mutes;
@@ -29,6 +31,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Set once, on SIGTERM/SIGINT: readiness fails and new handshakes are refused from then on.
     draining: Arc<AtomicBool>,
+    /// Limits, mutes and counts shared by every replica, when Redis is configured. The local
+    /// limiter and mute table above are the fallback whenever it cannot answer.
+    pub shared: Option<SharedStore>,
 }
 
 impl AppState {
@@ -45,6 +50,56 @@ impl AppState {
             sanitizer: Arc::new(Sanitizer::default()),
             metrics,
             draining: Arc::default(),
+            shared: None,
+        }
+    }
+
+    /// Shares limits, mutes and counts through Redis.
+    pub fn with_shared(mut self, shared: SharedStore) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Whether `user` may send one more `kind` event in `channel`: not muted, within the limit.
+    /// Counts the event when allowed. Decided in Redis when it answers, locally otherwise.
+    pub async fn check_send(
+        &self,
+        kind: Kind,
+        channel: &str,
+        user: &str,
+        limit: u32,
+    ) -> Result<(), Error> {
+        let limited = || {
+            self.metrics
+                .rate_limit_hits
+                .with_label_values(&[kind.label()])
+                .inc();
+            match kind {
+                Kind::Messages => Error::MessageRateLimited,
+                Kind::Gifts => Error::GiftRateLimited,
+            }
+        };
+        if self.is_muted(channel, user) {
+            return Err(Error::Muted);
+        }
+        if let Some(shared) = &self.shared {
+            match shared.check_send(kind, channel, user, limit).await {
+                Ok(SendDecision::Allowed) => return Ok(()),
+                Ok(SendDecision::Muted) => return Err(Error::Muted),
+                Ok(SendDecision::Limited) => return Err(limited()),
+                Err(()) => {}
+            }
+        }
+        match self.rate_limit(kind, user, limit) {
+            Decision::Allowed { .. } => Ok(()),
+            Decision::Limited { .. } => Err(limited()),
+        }
+    }
+
+    /// Notes that local channel membership changed, so shared counts are refreshed soon.
+    pub fn membership_changed(&self) {
+        if let Some(shared) = &self.shared {
+            shared.membership_changed();
         }
     }
 
@@ -63,32 +118,27 @@ impl AppState {
         self.verifier.verify(token, unix_seconds())
     }
 
-    /// Counts one event against the user's budget for `kind` under the current limits.
-    pub fn rate_limit(&self, kind: Kind, user: &str, limit: u32) -> Decision {
-        let decision = self
-            .limiter
+    /// Counts one event against the user's local budget for `kind`.
+    fn rate_limit(&self, kind: Kind, user: &str, limit: u32) -> Decision {
+        self.limiter
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .check(kind, user, limit, Instant::now());
-        if matches!(decision, Decision::Limited { .. }) {
-            self.metrics
-                .rate_limit_hits
-                .with_label_values(&[kind.label()])
-                .inc();
-        }
-        decision
+            .check(kind, user, limit, Instant::now())
     }
 
-    /// Mutes `user` in `channel` for `seconds`.
-    pub fn mute(&self, channel: &str, user: &str, seconds: u64) {
+    /// Mutes `user` in `channel` for `seconds`, here and (with Redis) on every replica.
+    pub async fn mute(&self, channel: &str, user: &str, seconds: u64) {
         let until = Instant::now() + std::time::Duration::from_secs(seconds);
         self.mutes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .mute(channel, user, until);
+        if let Some(shared) = &self.shared {
+            shared.mute(channel, user, seconds).await;
+        }
     }
 
-    pub fn is_muted(&self, channel: &str, user: &str) -> bool {
+    fn is_muted(&self, channel: &str, user: &str) -> bool {
         self.mutes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
