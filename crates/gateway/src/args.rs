@@ -155,7 +155,10 @@ impl Args {
         let pem = match (jwt_public_key, jwt_public_key_file) {
             (Some(p), _) if !p.trim().is_empty() => Some(p.clone()),
             (_, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
-                Error::Startup(format!("cannot read JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))
+                Error::Startup(format!(
+                    "cannot read JWT_PUBLIC_KEY_FILE {}: {e}",
+                    path.display()
+                ))
             })?),
             _ => None,
         };
@@ -170,7 +173,11 @@ impl Args {
             (Some(a @ ("HS256" | "RS256" | "ES256")), _, _) => {
                 return Err(Error::Startup(format!(
                     "JWT_ALGORITHM={a} needs {}",
-                    if a == "HS256" { "JWT_SECRET" } else { "JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE" }
+                    if a == "HS256" {
+                        "JWT_SECRET"
+                    } else {
+                        "JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE"
+                    }
                 )));
             }
             (Some(a), _, _) => {
@@ -202,7 +209,9 @@ impl Args {
             ));
         }
         if *max_payload_bytes < 1024 {
-            return Err(Error::Startup("LIVE_MAX_PAYLOAD_BYTES must be at least 1024".into()));
+            return Err(Error::Startup(
+                "LIVE_MAX_PAYLOAD_BYTES must be at least 1024".into(),
+            ));
         }
         if redis_prefix.is_empty() || redis_prefix.contains(['#', ' ']) {
             return Err(Error::Startup(
@@ -279,33 +288,66 @@ mod tests {
     #[test]
     fn the_algorithm_is_pinned_by_configuration() {
         let a = args(&["--jwt-public-key", "PEM", "--jwt-algorithm", "es256"]);
-        assert!(matches!(a.settings(no_dev).unwrap().key, KeyMaterial::Es256Pem(_)));
+        assert!(matches!(
+            a.settings(no_dev).unwrap().key,
+            KeyMaterial::Es256Pem(_)
+        ));
         let a = args(&["--jwt-public-key", "PEM"]);
-        assert!(matches!(a.settings(no_dev).unwrap().key, KeyMaterial::Rs256Pem(_)));
+        assert!(matches!(
+            a.settings(no_dev).unwrap().key,
+            KeyMaterial::Rs256Pem(_)
+        ));
         let a = args(&["--jwt-secret", "s", "--jwt-algorithm", "RS256"]);
         assert!(a.settings(no_dev).is_err());
         let a = args(&["--jwt-secret", "s", "--jwt-algorithm", "none"]);
-        assert!(a.settings(no_dev).unwrap_err().to_string().contains("not supported"));
+        assert!(
+            a.settings(no_dev)
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
     }
 
     #[test]
     fn the_public_and_admin_listeners_must_differ() {
-        let a = args(&["--jwt-secret", "s", "--listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:1"]);
+        let a = args(&[
+            "--jwt-secret",
+            "s",
+            "--listen",
+            "127.0.0.1:1",
+            "--admin-listen",
+            "127.0.0.1:1",
+        ]);
         assert!(a.settings(no_dev).is_err());
     }
 
     #[test]
     fn cors_allow_is_validated_and_the_deadline_follows_the_drain_window() {
-        let a = args(&["--jwt-secret", "s", "--cors-allow", "https://a.example, http://b:1"]);
+        let a = args(&[
+            "--jwt-secret",
+            "s",
+            "--cors-allow",
+            "https://a.example, http://b:1",
+        ]);
         let s = a.settings(no_dev).unwrap();
         assert_eq!(
             s.cors_env,
-            Some(vec!["https://a.example".to_owned(), "http://b:1".to_owned()])
+            Some(vec![
+                "https://a.example".to_owned(),
+                "http://b:1".to_owned()
+            ])
         );
         assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
         let a = args(&["--jwt-secret", "s", "--cors-allow", "a.example"]);
         assert!(a.settings(no_dev).is_err());
-        let a = args(&["--jwt-secret", "s", "--drain-seconds", "5", "--shutdown-timeout-seconds", "5"]);
+        let a = args(&[
+            "--jwt-secret",
+            "s",
+            "--drain-seconds",
+            "5",
+            "--shutdown-timeout-seconds",
+            "5",
+        ]);
         assert!(a.settings(no_dev).is_err());
     }
 }

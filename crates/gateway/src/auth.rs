@@ -370,7 +370,10 @@ rvCHorEIRHciaSciLJAifxJ64WJPgir9yfGooU8l5y8vxrwvjyu4Gll6NA==
 
     #[test]
     fn garbage_is_malformed() {
-        assert_eq!(verifier().verify("not.a.jwt", NOW), Err(AuthError::Malformed));
+        assert_eq!(
+            verifier().verify("not.a.jwt", NOW),
+            Err(AuthError::Malformed)
+        );
         assert_eq!(verifier().verify("", NOW), Err(AuthError::Malformed));
     }
 
@@ -397,7 +400,10 @@ rvCHorEIRHciaSciLJAifxJ64WJPgir9yfGooU8l5y8vxrwvjyu4Gll6NA==
         assert_eq!(token_from(None, Some("Bearer x.y.z")), Some("x.y.z"));
         assert_eq!(token_from(None, Some("bearer x.y.z")), Some("x.y.z"));
         assert_eq!(token_from(Some(&json!({"token": 5})), None), None);
-        assert_eq!(token_from(Some(&json!({"token": "Bearer q"})), None), Some("q"));
+        assert_eq!(
+            token_from(Some(&json!({"token": "Bearer q"})), None),
+            Some("q")
+        );
         assert_eq!(token_from(None, Some("Basic abc")), None);
         assert_eq!(token_from(None, None), None);
     }

@@ -59,39 +59,51 @@ pub fn router<A: Adapter>(state: AdminState<A>) -> Router {
         .route("/metrics", get(metrics::<A>))
         .route(
             "/v1/channels/{channel}/gift",
-            post(async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                publish(s, p, h, b, "gift").await
-            }),
+            post(
+                async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    publish(s, p, h, b, "gift").await
+                },
+            ),
         )
         .route(
             "/v1/channels/{channel}/presence",
-            post(async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                publish(s, p, h, b, "presence").await
-            }),
+            post(
+                async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    publish(s, p, h, b, "presence").await
+                },
+            ),
         )
         .route(
             "/v1/channels/{channel}/system",
-            post(async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                publish(s, p, h, b, "system").await
-            }),
+            post(
+                async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    publish(s, p, h, b, "system").await
+                },
+            ),
         )
         .route(
             "/v1/channels/{channel}/chat",
-            post(async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                publish(s, p, h, b, "chat").await
-            }),
+            post(
+                async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    publish(s, p, h, b, "chat").await
+                },
+            ),
         )
         .route(
             "/v1/channels/{channel}/moderation",
-            post(async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                publish(s, p, h, b, "moderation").await
-            }),
+            post(
+                async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    publish(s, p, h, b, "moderation").await
+                },
+            ),
         )
         .route(
             "/v1/channels/{channel}/metrics",
-            post(async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
-                publish(s, p, h, b, "metrics").await
-            }),
+            post(
+                async |s: State<AdminState<A>>, p: Path<String>, h: HeaderMap, b: Bytes| {
+                    publish(s, p, h, b, "metrics").await
+                },
+            ),
         )
         .route("/v1/channels/{channel}/viewers", get(viewers::<A>))
         .route("/v1/channels/{channel}/users/{userId}", get(user::<A>))
@@ -108,7 +120,10 @@ async fn readyz<A: Adapter>(State(s): State<AdminState<A>>) -> Response {
 
 async fn metrics<A: Adapter>(State(s): State<AdminState<A>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.app.metrics.render(),
     )
         .into_response()
@@ -252,12 +267,12 @@ async fn publish<A: Adapter>(
                 let body = Value::Object(o.clone());
                 let raw = protocol::chat_message(&body, config.gateway.limits.max_message_length)
                     .map_err(|e| match e {
-                        Error::InvalidPayload => Error::InvalidField {
-                            field: "message",
-                            reason: "must be a string".into(),
-                        },
-                        e => e,
-                    })?;
+                    Error::InvalidPayload => Error::InvalidField {
+                        field: "message",
+                        reason: "must be a string".into(),
+                    },
+                    e => e,
+                })?;
                 let message = st.sanitizer.clean(raw);
                 if message.is_empty() {
                     return Err(Error::EmptyMessage);
@@ -382,9 +397,17 @@ fn respond(
                 Error::InvalidJson(_) => (StatusCode::BAD_REQUEST, e.code(), e.client_message()),
                 Error::Config(_) | Error::Startup(_) | Error::Io(_) => {
                     tracing::error!(route, error = %e, "bridge call failed");
-                    (StatusCode::INTERNAL_SERVER_ERROR, e.code(), e.client_message())
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        e.code(),
+                        e.client_message(),
+                    )
                 }
-                _ => (StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.client_message()),
+                _ => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    e.code(),
+                    e.client_message(),
+                ),
             };
             st.metrics.error(code);
             (
@@ -406,10 +429,8 @@ mod tests {
 
     #[test]
     fn the_openapi_description_lists_exactly_the_routes() {
-        let doc: serde_yaml::Value = serde_yaml::from_str(include_str!(
-            "../../../docs/bridge-openapi.yaml"
-        ))
-        .unwrap();
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../../docs/bridge-openapi.yaml")).unwrap();
         let paths = doc["paths"].as_mapping().unwrap();
         let mut documented: Vec<(String, String)> = Vec::new();
         for (path, ops) in paths {

@@ -406,7 +406,10 @@ impl SharedStore {
             self.key(&["rl", kind.label(), user]),
         ];
         let args = vec![limit.to_string(), WINDOW.as_millis().to_string()];
-        match self.call::<i64>("rate_limit", &self.send, keys, args).await? {
+        match self
+            .call::<i64>("rate_limit", &self.send, keys, args)
+            .await?
+        {
             0 => Ok(SendDecision::Muted),
             2 => Ok(SendDecision::Limited),
             _ => Ok(SendDecision::Allowed),
@@ -425,7 +428,9 @@ impl SharedStore {
             client,
             key,
             "1",
-            Some(fred::types::Expiration::EX(i64::try_from(seconds).unwrap_or(i64::MAX))),
+            Some(fred::types::Expiration::EX(
+                i64::try_from(seconds).unwrap_or(i64::MAX),
+            )),
             None,
             false,
         );
@@ -563,13 +568,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn presence_fields_cannot_collide() {
-        assert_ne!(presence_field("a", "b\nc"), presence_field("a\nb", "c"));
+    fn a_presence_field_splits_back_into_its_valid_channel_and_user() {
+        // Channel names cannot hold a newline, so the first one always ends the channel.
         assert!(!crate::protocol::valid_channel_name("a\nb"));
+        let field = presence_field("live.1", "user\nwith:odd chars");
+        assert_eq!(
+            field.split_once('\n'),
+            Some(("live.1", "user\nwith:odd chars"))
+        );
     }
 
     #[test]
     fn a_bad_redis_url_is_a_startup_error() {
-        assert!(matches!(clients("nope://x"), Err(Error::Startup(_))));
+        assert!(matches!(clients("not a url"), Err(Error::Startup(_))));
     }
 }

@@ -128,7 +128,12 @@ pub fn spawn_reloader(
     })
     .map_err(|e| Error::Startup(format!("cannot start file watcher: {e}")))?;
     notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive).map_err(
-        |e| Error::Startup(format!("cannot watch config directory {}: {e}", dir.display())),
+        |e| {
+            Error::Startup(format!(
+                "cannot watch config directory {}: {e}",
+                dir.display()
+            ))
+        },
     )?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut last_seen = std::fs::read(&path).ok();
@@ -253,7 +258,13 @@ mod tests {
             path: Some(dir.path().join("nope.yaml")),
             cors_env: None,
         };
-        assert!(missing.load().unwrap_err().to_string().contains("nope.yaml"));
+        assert!(
+            missing
+                .load()
+                .unwrap_err()
+                .to_string()
+                .contains("nope.yaml")
+        );
     }
 
     #[tokio::test]

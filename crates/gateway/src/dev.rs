@@ -38,7 +38,12 @@ pub fn tokens(secret: &str) -> Vec<(&'static str, String)> {
 }
 
 /// The banner printed on stdout in dev mode.
-pub fn banner(secret: Option<&str>, tokens: &[(&str, String)], public: SocketAddr, admin: SocketAddr) -> String {
+pub fn banner(
+    secret: Option<&str>,
+    tokens: &[(&str, String)],
+    public: SocketAddr,
+    admin: SocketAddr,
+) -> String {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
             format!("127.0.0.1:{}", a.port())
@@ -98,7 +103,12 @@ mod tests {
             .map(|(_, t)| v.verify(t, unix_seconds()).unwrap().role.unwrap())
             .collect();
         assert_eq!(roles, ["viewer", "admin", "service"]);
-        let b = banner(Some(&secret), &toks, "0.0.0.0:3000".parse().unwrap(), "0.0.0.0:9091".parse().unwrap());
+        let b = banner(
+            Some(&secret),
+            &toks,
+            "0.0.0.0:3000".parse().unwrap(),
+            "0.0.0.0:9091".parse().unwrap(),
+        );
         assert!(b.contains("http://127.0.0.1:3000/live"));
         assert!(b.contains(&toks[2].1));
     }

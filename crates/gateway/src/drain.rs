@@ -189,7 +189,9 @@ pub struct DrainableStream {
 
 impl std::fmt::Debug for DrainableStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DrainableStream").field("id", &self.id).finish()
+        f.debug_struct("DrainableStream")
+            .field("id", &self.id)
+            .finish()
     }
 }
 

@@ -115,13 +115,22 @@ mod tests {
 
     #[test]
     fn refusals_keep_the_node_layers_exact_texts() {
-        assert_eq!(Error::InvalidMessageLength.client_message(), "Invalid message length");
-        assert_eq!(Error::EmptyMessage.client_message(), "Message cannot be empty");
+        assert_eq!(
+            Error::InvalidMessageLength.client_message(),
+            "Invalid message length"
+        );
+        assert_eq!(
+            Error::EmptyMessage.client_message(),
+            "Message cannot be empty"
+        );
         assert_eq!(
             Error::MessageRateLimited.client_message(),
             "Rate limit exceeded for messages"
         );
-        assert_eq!(Error::GiftRateLimited.client_message(), "Rate limit exceeded for gifts");
+        assert_eq!(
+            Error::GiftRateLimited.client_message(),
+            "Rate limit exceeded for gifts"
+        );
         assert_eq!(Error::InvalidGift.client_message(), "Invalid gift data");
         assert_eq!(
             Error::Forbidden.client_message(),

@@ -37,14 +37,13 @@ pub struct Metrics {
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
 const ROOM_SIZE_BUCKETS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    25000.0, 50000.0,
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
+    50000.0,
 ];
 
 /// Buckets for handler durations: sub-millisecond work, with room to see a stall.
 const DURATION_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    1.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 impl Metrics {
@@ -88,7 +87,10 @@ impl Metrics {
         )
         .expect("static metric definition");
         let rate_limit_hits = IntCounterVec::new(
-            Opts::new("ws_rate_limit_hits_total", "Events refused by the rate limiter"),
+            Opts::new(
+                "ws_rate_limit_hits_total",
+                "Events refused by the rate limiter",
+            ),
             &["kind"],
         )
         .expect("static metric definition");
@@ -103,7 +105,10 @@ impl Metrics {
         )
         .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
-            Opts::new("live_config_reloads_total", "Config file reloads, by result"),
+            Opts::new(
+                "live_config_reloads_total",
+                "Config file reloads, by result",
+            ),
             &["result"],
         )
         .expect("static metric definition");
@@ -221,8 +226,11 @@ impl Metrics {
     }
 
     fn rooms_active_gauge() -> IntGauge {
-        IntGauge::new("ws_rooms_active", "Channel rooms with at least one local member")
-            .expect("static metric definition")
+        IntGauge::new(
+            "ws_rooms_active",
+            "Channel rooms with at least one local member",
+        )
+        .expect("static metric definition")
     }
 
     fn room_size_histogram() -> Histogram {
@@ -301,7 +309,9 @@ mod tests {
         m.connections.with_label_values(&["accepted"]).inc();
         m.disconnects.with_label_values(&["transport_close"]).inc();
         m.messages.with_label_values(&["chat", "in"]).inc();
-        m.message_duration.with_label_values(&["chat"]).observe(0.001);
+        m.message_duration
+            .with_label_values(&["chat"])
+            .observe(0.001);
         m.presence_delta.with_label_values(&["join"]).inc();
         m.rate_limit_hits.with_label_values(&["messages"]).inc();
         m.error("invalid_gift");

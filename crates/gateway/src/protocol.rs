@@ -300,7 +300,17 @@ mod tests {
         for ok in ["a", "A1", "live_1.b-c", &"x".repeat(64)] {
             assert!(valid_channel_name(ok), "{ok}");
         }
-        for bad in ["", "_a", ".a", "-a", "a b", "a/b", "ä", &"x".repeat(65), "a:b"] {
+        for bad in [
+            "",
+            "_a",
+            ".a",
+            "-a",
+            "a b",
+            "a/b",
+            "ä",
+            &"x".repeat(65),
+            "a:b",
+        ] {
             assert!(!valid_channel_name(bad), "{bad}");
         }
     }
@@ -352,7 +362,10 @@ mod tests {
             chat_message(&json!({"message": 12}), 500),
             Err(Error::InvalidPayload)
         ));
-        assert!(matches!(chat_message(&json!({}), 500), Err(Error::InvalidPayload)));
+        assert!(matches!(
+            chat_message(&json!({}), 500),
+            Err(Error::InvalidPayload)
+        ));
     }
 
     #[test]
@@ -375,7 +388,10 @@ mod tests {
             json!({"giftId": "x".repeat(65), "qty": 1}),
             json!({"qty": 1}),
         ] {
-            assert!(matches!(parse_gift(&bad, 100), Err(Error::InvalidGift)), "{bad}");
+            assert!(
+                matches!(parse_gift(&bad, 100), Err(Error::InvalidGift)),
+                "{bad}"
+            );
         }
     }
 
@@ -414,7 +430,10 @@ mod tests {
             parse_heartbeat(&json!({"channelName": "bad name"})),
             Err(Error::InvalidChannel)
         ));
-        assert!(matches!(parse_heartbeat(&json!(1)), Err(Error::InvalidPayload)));
+        assert!(matches!(
+            parse_heartbeat(&json!(1)),
+            Err(Error::InvalidPayload)
+        ));
     }
 
     #[test]

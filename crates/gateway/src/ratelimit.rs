@@ -112,7 +112,9 @@ mod tests {
         for i in 0..30 {
             assert_eq!(
                 rl.check(Kind::Messages, "u", 30, t0 + Duration::from_millis(i)),
-                Decision::Allowed { remaining: 29 - i as u32 }
+                Decision::Allowed {
+                    remaining: 29 - i as u32
+                }
             );
         }
         assert_eq!(
@@ -127,7 +129,10 @@ mod tests {
     fn the_window_resets_a_minute_after_the_first_event() {
         let mut rl = RateLimiter::default();
         let t0 = Instant::now();
-        assert!(matches!(rl.check(Kind::Gifts, "u", 1, t0), Decision::Allowed { .. }));
+        assert!(matches!(
+            rl.check(Kind::Gifts, "u", 1, t0),
+            Decision::Allowed { .. }
+        ));
         assert!(matches!(
             rl.check(Kind::Gifts, "u", 1, t0 + Duration::from_secs(59)),
             Decision::Limited { .. }
@@ -142,10 +147,22 @@ mod tests {
     fn kinds_and_users_have_separate_budgets() {
         let mut rl = RateLimiter::default();
         let t0 = Instant::now();
-        assert!(matches!(rl.check(Kind::Messages, "a", 1, t0), Decision::Allowed { .. }));
-        assert!(matches!(rl.check(Kind::Gifts, "a", 1, t0), Decision::Allowed { .. }));
-        assert!(matches!(rl.check(Kind::Messages, "b", 1, t0), Decision::Allowed { .. }));
-        assert!(matches!(rl.check(Kind::Messages, "a", 1, t0), Decision::Limited { .. }));
+        assert!(matches!(
+            rl.check(Kind::Messages, "a", 1, t0),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            rl.check(Kind::Gifts, "a", 1, t0),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            rl.check(Kind::Messages, "b", 1, t0),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            rl.check(Kind::Messages, "a", 1, t0),
+            Decision::Limited { .. }
+        ));
     }
 
     #[test]
@@ -155,7 +172,10 @@ mod tests {
         for _ in 0..5 {
             rl.check(Kind::Messages, "u", 30, t0);
         }
-        assert!(matches!(rl.check(Kind::Messages, "u", 5, t0), Decision::Limited { .. }));
+        assert!(matches!(
+            rl.check(Kind::Messages, "u", 5, t0),
+            Decision::Limited { .. }
+        ));
     }
 
     #[test]

@@ -280,7 +280,14 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
         username: None,
         timestamp: now,
     };
-    emit_to_room(s.within(room.clone()), st, outbound::PRESENCE, "presence", &presence).await;
+    emit_to_room(
+        s.within(room.clone()),
+        st,
+        outbound::PRESENCE,
+        "presence",
+        &presence,
+    )
+    .await;
     let system = protocol::SystemJoinLeave {
         kind: "join",
         user_id: &c.user_id,
@@ -311,7 +318,10 @@ async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Valu
 /// Tells the rest of a room that this socket left (by `leave` or by disconnecting).
 async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, channel: &str) {
     st.membership_changed();
-    st.metrics.presence_delta.with_label_values(&["leave"]).inc();
+    st.metrics
+        .presence_delta
+        .with_label_values(&["leave"])
+        .inc();
     let room = protocol::room(channel);
     let now = unix_millis();
     let presence = protocol::PresenceUpdate {
@@ -321,7 +331,14 @@ async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims,
         username: None,
         timestamp: now,
     };
-    emit_to_room(s.to(room.clone()), st, outbound::PRESENCE, "presence", &presence).await;
+    emit_to_room(
+        s.to(room.clone()),
+        st,
+        outbound::PRESENCE,
+        "presence",
+        &presence,
+    )
+    .await;
     let system = protocol::SystemJoinLeave {
         kind: "leave",
         user_id: &c.user_id,
@@ -358,7 +375,14 @@ async fn chat<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
         message: &message,
         timestamp: unix_millis(),
     };
-    emit_to_room(s.within(protocol::room(channel)), st, outbound::CHAT, "chat", &out).await;
+    emit_to_room(
+        s.within(protocol::room(channel)),
+        st,
+        outbound::CHAT,
+        "chat",
+        &out,
+    )
+    .await;
     Ok(())
 }
 
@@ -376,7 +400,14 @@ async fn gift<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
         qty: g.qty,
         timestamp: unix_millis(),
     };
-    emit_to_room(s.within(protocol::room(channel)), st, outbound::GIFT, "gift", &out).await;
+    emit_to_room(
+        s.within(protocol::room(channel)),
+        st,
+        outbound::GIFT,
+        "gift",
+        &out,
+    )
+    .await;
     Ok(())
 }
 
@@ -417,7 +448,8 @@ pub async fn apply_moderation<A: Adapter>(
     default_mute_seconds: u64,
 ) {
     let room = protocol::room(channel);
-    let duration = (m.action == Action::Mute).then(|| m.duration_seconds.unwrap_or(default_mute_seconds));
+    let duration =
+        (m.action == Action::Mute).then(|| m.duration_seconds.unwrap_or(default_mute_seconds));
     if let (Some(target), Some(seconds)) = (m.target_user_id, duration) {
         st.mute(channel, target, seconds).await;
     }
@@ -430,7 +462,14 @@ pub async fn apply_moderation<A: Adapter>(
         duration_seconds: duration,
         timestamp: unix_millis(),
     };
-    emit_to_room(room_ops.clone(), st, outbound::MODERATION, "moderation", &event).await;
+    emit_to_room(
+        room_ops.clone(),
+        st,
+        outbound::MODERATION,
+        "moderation",
+        &event,
+    )
+    .await;
     if m.action == Action::End {
         // Every member leaves the room, on every replica the adapter reaches.
         if let Err(e) = room_ops.leave(room).await {

@@ -15,8 +15,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use socketioxide::SocketIo;
 use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
-use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use socketioxide::handler::ConnectHandler;
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -89,12 +89,23 @@ pub async fn run(
                 realtime::on_connect::<LocalAdapter>.with(realtime::authenticate::<LocalAdapter>),
             );
             let public_app = public_router(state.clone(), layer);
-            serve(settings, state, io, public_app, public, admin, shutdown, &background).await
+            serve(
+                settings,
+                state,
+                io,
+                public_app,
+                public,
+                admin,
+                shutdown,
+                &background,
+            )
+            .await
         }
         Some(redis) => {
             let (subscriber, pool) = cluster::clients(&redis.url)?;
             let metrics = state.metrics.clone();
-            let driver = ResilientDriver::start(subscriber.clone(), metrics.clone(), background.clone());
+            let driver =
+                ResilientDriver::start(subscriber.clone(), metrics.clone(), background.clone());
             let store = SharedStore::start(pool, &redis.prefix, &redis.pod, metrics.clone());
             cluster::spawn_health(subscriber, store.clone(), metrics, background.clone());
             let state = state.with_shared(store);
@@ -121,7 +132,17 @@ pub async fn run(
             .map_err(|e| Error::Startup(format!("redis adapter: {e}")))?;
             tracing::info!(pod = %redis.pod, prefix = %redis.prefix, "redis mode: replicas share fan-out, limits, mutes and counts");
             let public_app = public_router(state.clone(), layer);
-            serve(settings, state, io, public_app, public, admin, shutdown, &background).await
+            serve(
+                settings,
+                state,
+                io,
+                public_app,
+                public,
+                admin,
+                shutdown,
+                &background,
+            )
+            .await
         }
     };
     background.cancel();
@@ -135,11 +156,8 @@ type RedisAdapterT = CustomRedisAdapter<Emitter, ResilientDriver>;
 fn public_router<L>(state: AppState, socketio: L) -> Router
 where
     L: tower::Layer<Router>,
-    L::Service: tower::Service<Request, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    L::Service:
+        tower::Service<Request, Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
     <L::Service as tower::Service<Request>>::Response: IntoResponse + 'static,
     <L::Service as tower::Service<Request>>::Future: Send + 'static,
 {
@@ -237,9 +255,12 @@ async fn serve<A: Adapter>(
     let stop_public = CancellationToken::new();
     let stop_admin = CancellationToken::new();
     let mut public_task = tokio::spawn(
-        axum::serve(DrainableListener::new(public, connections.clone()), public_app)
-            .with_graceful_shutdown(stop_public.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            DrainableListener::new(public, connections.clone()),
+            public_app,
+        )
+        .with_graceful_shutdown(stop_public.clone().cancelled_owned())
+        .into_future(),
     );
     let mut admin_task = tokio::spawn(
         axum::serve(admin, admin_app)

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use crate::auth::{Claims, Verifier};
 use crate::cluster::{SendDecision, SharedStore};
-use crate::error::Error;
 use crate::config::RuntimeConfig;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::moderation::Mutes;
 use crate::ratelimit::{Decision, Kind, RateLimiter};
