@@ -157,11 +157,14 @@ impl Verifier {
         validation.validate_nbf = false;
         validation.required_spec_claims.clear();
         validation.validate_aud = audience.is_some();
+        // A configured issuer or audience must be present, not merely right when present.
         if let Some(aud) = audience {
             validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".into());
         }
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
         }
         Ok(Self { key, validation })
     }
@@ -391,6 +394,10 @@ rvCHorEIRHciaSciLJAifxJ64WJPgir9yfGooU8l5y8vxrwvjyu4Gll6NA==
         assert_eq!(v.verify(&bad_iss, NOW), Err(AuthError::WrongIssuer));
         let bad_aud = hs256(json!({"userId": "u", "iss": "https://auth.example", "aud": "x"}));
         assert_eq!(v.verify(&bad_aud, NOW), Err(AuthError::WrongAudience));
+        let no_iss = hs256(json!({"userId": "u", "aud": "live"}));
+        assert_eq!(v.verify(&no_iss, NOW), Err(AuthError::InvalidClaims));
+        let no_aud = hs256(json!({"userId": "u", "iss": "https://auth.example"}));
+        assert_eq!(v.verify(&no_aud, NOW), Err(AuthError::InvalidClaims));
     }
 
     #[test]

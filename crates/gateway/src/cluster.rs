@@ -81,6 +81,8 @@ pub struct ResilientDriver {
     /// Channels we want, kept by us rather than by fred, because fred only remembers a
     /// subscription that succeeded and we must also subscribe to those asked for while down.
     wanted: Arc<RwLock<HashSet<String>>>,
+    /// Channels subscribed on the current connection; cleared on every reconnection.
+    confirmed: Arc<RwLock<HashSet<String>>>,
     metrics: Metrics,
 }
 
@@ -102,6 +104,7 @@ impl ResilientDriver {
             conn,
             handlers: Arc::default(),
             wanted: Arc::default(),
+            confirmed: Arc::default(),
             metrics,
         };
         tokio::spawn(pipe_messages(
@@ -112,13 +115,21 @@ impl ResilientDriver {
         let resubscriber = driver.clone();
         let mut reconnects = driver.conn.reconnect_rx();
         tokio::spawn(async move {
+            // A subscription asked for while the connection was still being set up can be missed
+            // by the reconnect notification; the periodic check closes that gap.
+            let mut check = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     r = reconnects.recv() => match r {
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => resubscriber.resubscribe().await,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            write(&resubscriber.confirmed).clear();
+                            resubscriber.subscribe_wanted().await;
+                            tracing::info!("redis connected; cross-replica delivery active");
+                        }
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
+                    _ = check.tick() => resubscriber.subscribe_wanted().await,
                 }
             }
         });
@@ -127,22 +138,54 @@ impl ResilientDriver {
         driver
     }
 
-    async fn resubscribe(&self) {
-        let channels: Vec<String> = self
-            .wanted
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect();
-        for chan in channels {
-            if let Err(e) = self.conn.ssubscribe(chan.as_str()).await {
+    /// Subscribes to every wanted channel not yet subscribed on the current connection.
+    async fn subscribe_wanted(&self) {
+        if !self.conn.is_connected() {
+            return;
+        }
+        let missing: Vec<String> = {
+            let confirmed = read(&self.confirmed);
+            read(&self.wanted)
+                .iter()
+                .filter(|c| !confirmed.contains(*c))
+                .cloned()
+                .collect()
+        };
+        for chan in missing {
+            self.try_subscribe(chan).await;
+        }
+    }
+
+    async fn try_subscribe(&self, chan: String) {
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.conn.ssubscribe(chan.as_str())).await {
+            Ok(Ok(())) => {
+                write(&self.confirmed).insert(chan);
+            }
+            Ok(Err(e)) => {
                 self.metrics.redis_error("subscribe");
-                tracing::warn!(chan, error = %e, "resubscribe failed; will retry on the next reconnection");
+                tracing::warn!(chan, error = %e, "subscribe failed; will retry");
+            }
+            Err(_) => {
+                self.metrics.redis_error("subscribe");
+                tracing::warn!(chan, "subscribe timed out; will retry");
             }
         }
-        tracing::info!("redis connected; cross-replica delivery active");
     }
+
+    /// Whether every wanted channel is subscribed on a live connection.
+    pub fn is_subscribed(&self) -> bool {
+        self.conn.is_connected() && read(&self.wanted).is_subset(&read(&self.confirmed))
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Forwards each pub/sub message to the adapter stream of its channel. A full stream drops the
@@ -155,11 +198,7 @@ async fn pipe_messages(mut rx: broadcast::Receiver<Message>, handlers: Handlers,
                 let Some(data) = msg.value.into_owned_bytes() else {
                     continue;
                 };
-                let tx = handlers
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(&chan)
-                    .cloned();
+                let tx = read(&handlers).get(&chan).cloned();
                 if let Some(tx) = tx
                     && tx.try_send((chan, data)).is_err()
                 {
@@ -205,32 +244,18 @@ impl Driver for ResilientDriver {
         size: usize,
     ) -> std::result::Result<MessageStream<ChanItem>, DriverError> {
         let (tx, rx) = mpsc::channel(size);
-        self.handlers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(chan.clone(), tx);
-        self.wanted
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(chan.clone());
-        if self.conn.is_connected()
-            && let Err(e) = self.conn.ssubscribe(chan.as_str()).await
-        {
-            self.metrics.redis_error("subscribe");
-            tracing::warn!(chan, error = %e, "subscribe failed; will retry on reconnection");
+        write(&self.handlers).insert(chan.clone(), tx);
+        write(&self.wanted).insert(chan.clone());
+        if self.conn.is_connected() {
+            self.try_subscribe(chan).await;
         }
         Ok(MessageStream::new(rx))
     }
 
     async fn unsubscribe(&self, chan: String) -> std::result::Result<(), DriverError> {
-        self.handlers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&chan);
-        self.wanted
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&chan);
+        write(&self.handlers).remove(&chan);
+        write(&self.wanted).remove(&chan);
+        write(&self.confirmed).remove(&chan);
         if self.conn.is_connected() {
             self.conn
                 .sunsubscribe(chan)

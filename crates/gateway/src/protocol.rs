@@ -162,7 +162,7 @@ pub fn parse_moderation(v: &Value) -> Result<Moderation<'_>> {
         _ => return Err(Error::InvalidAction),
     };
     let reason = optional_str(o, "reason")?;
-    let target_user_id = optional_str(o, "targetUserId")?;
+    let target_user_id = optional_str(o, "targetUserId").map_err(|_| Error::InvalidTarget)?;
     if target_user_id.is_some_and(|t| t.is_empty() || t.len() > MAX_USER_ID_LEN) {
         return Err(Error::InvalidTarget);
     }
@@ -407,6 +407,10 @@ mod tests {
         ));
         assert!(matches!(
             parse_moderation(&json!({"action": "mute"})),
+            Err(Error::InvalidTarget)
+        ));
+        assert!(matches!(
+            parse_moderation(&json!({"action": "mute", "targetUserId": 42})),
             Err(Error::InvalidTarget)
         ));
         let v = json!({"action": "mute", "targetUserId": "u", "durationSeconds": 2});

@@ -57,6 +57,11 @@ pub async fn authenticate<A: Adapter>(
                 .connections
                 .with_label_values(&["accepted"])
                 .inc();
+            // Handlers are registered here, not in the connect handler: socketioxide sends the
+            // CONNECT packet before it spawns the (async) connect handler, so a client that emits
+            // right after connecting could otherwise beat the registration and lose its event.
+            // The middleware is awaited before CONNECT is sent.
+            register_handlers(&s, &state);
             Ok(())
         }
         Err(reason) => {
@@ -77,8 +82,13 @@ pub async fn authenticate<A: Adapter>(
     }
 }
 
-/// Connect handler: registers the event handlers of an authenticated socket.
-pub async fn on_connect<A: Adapter>(s: SocketRef<A>, State(state): State<AppState>) {
+/// Connect handler. Everything a connection needs is set up by [`authenticate`], before the
+/// client learns it is connected; nothing is left to do here.
+pub async fn on_connect<A: Adapter>(_s: SocketRef<A>) {}
+
+/// Registers the event handlers of an authenticated socket and counts it as active; the
+/// disconnect handler registered here is what counts it out again.
+fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
     state.metrics.active_connections.inc();
 
     s.on(

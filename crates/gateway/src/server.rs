@@ -40,6 +40,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Batches the drain window is cut into: enough to smooth the reconnect wave, few enough that
 /// each batch is a meaningful share.
 const DRAIN_BATCHES: usize = 20;
+/// How long a Redis-mode gateway waits for its pub/sub subscriptions before it opens its
+/// listeners anyway.
+const REDIS_STARTUP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the gateway until `shutdown` resolves, then drains and returns.
 ///
@@ -106,6 +109,7 @@ pub async fn run(
             let metrics = state.metrics.clone();
             let driver =
                 ResilientDriver::start(subscriber.clone(), metrics.clone(), background.clone());
+            let driver_health = driver.clone();
             let store = SharedStore::start(pool, &redis.prefix, &redis.pod, metrics.clone());
             cluster::spawn_health(subscriber, store.clone(), metrics, background.clone());
             let state = state.with_shared(store);
@@ -130,6 +134,19 @@ pub async fn run(
             )
             .await
             .map_err(|e| Error::Startup(format!("redis adapter: {e}")))?;
+            // Give Redis a moment before taking traffic, so a fresh replica does not serve its
+            // first clients without cross-replica delivery; but never wait for it for long.
+            let waited = tokio::time::timeout(REDIS_STARTUP_GRACE, async {
+                while !driver_health.is_subscribed() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+            if waited.is_err() {
+                tracing::warn!(
+                    "redis not reachable at startup: serving local clients, will keep retrying"
+                );
+            }
             tracing::info!(pod = %redis.pod, prefix = %redis.prefix, "redis mode: replicas share fan-out, limits, mutes and counts");
             let public_app = public_router(state.clone(), layer);
             serve(
