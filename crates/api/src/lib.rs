@@ -180,8 +180,18 @@ impl GatewayConfig {
             1,
             MAX_MESSAGE_LENGTH,
         )?;
-        range("limits.maxGiftQty", self.limits.max_gift_qty, 1, MAX_GIFT_QTY)?;
-        if let Some(role) = self.moderation.admin_roles.iter().find(|r| r.trim().is_empty()) {
+        range(
+            "limits.maxGiftQty",
+            self.limits.max_gift_qty,
+            1,
+            MAX_GIFT_QTY,
+        )?;
+        if let Some(role) = self
+            .moderation
+            .admin_roles
+            .iter()
+            .find(|r| r.trim().is_empty())
+        {
             return Err(ConfigError::Invalid {
                 field: "moderation.adminRoles",
                 reason: format!("role {role:?} is empty"),
@@ -226,8 +236,14 @@ mod tests {
 
     #[test]
     fn an_empty_document_is_the_default_config() {
-        assert_eq!(GatewayConfig::from_yaml("").unwrap(), GatewayConfig::default());
-        assert_eq!(GatewayConfig::from_yaml("{}\n").unwrap(), GatewayConfig::default());
+        assert_eq!(
+            GatewayConfig::from_yaml("").unwrap(),
+            GatewayConfig::default()
+        );
+        assert_eq!(
+            GatewayConfig::from_yaml("{}\n").unwrap(),
+            GatewayConfig::default()
+        );
     }
 
     #[test]
