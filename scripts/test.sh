@@ -23,6 +23,27 @@ need node "install Node.js 20+"
 need npm "install npm"
 need python3 "install Python 3"
 
+# redis-server for the multi-replica tests (two gateways sharing one Redis).
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    # The package may start a system instance; the tests start their own on free ports.
+    (service redis-server stop || true) >/dev/null 2>&1
+  else
+    echo "redis-server is missing: install Redis >= 7 (e.g. apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+redis-server --version
+
+# kubernetes-validate (PyPI) checks the operator's output against the Kubernetes schemas offline.
+if ! python3 -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1; then
+  step "installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -39,9 +60,7 @@ step "gateway end-to-end tests (official socket.io-client)"
 npm ci --prefix tests --no-audit --no-fund
 LIVE_GATEWAY_BIN="$root/target/debug/live-gateway" npm test --prefix tests
 
-if [ -x scripts/validate-manifests.sh ]; then
-  step "operator: rendered manifests against the Kubernetes schemas"
-  scripts/validate-manifests.sh "$root/target/debug/live-operator"
-fi
+step "operator: CRD, examples, rendered children and RBAC against the Kubernetes schemas"
+python3 crates/operator/tests/validate_render.py --bin "$root/target/debug/live-operator"
 
 step "all tests passed"
