@@ -16,7 +16,11 @@ fn sanitize(c: &mut Criterion) {
         b.iter(|| s.clean(black_box("what a great stream, hello from Lisbon!")))
     });
     c.bench_function("sanitize/markup", |b| {
-        b.iter(|| s.clean(black_box(r#"<script>alert("xss")</script>Hello <b>there</b> & you"#)))
+        b.iter(|| {
+            s.clean(black_box(
+                r#"<script>alert("xss")</script>Hello <b>there</b> & you"#,
+            ))
+        })
     });
 }
 
