@@ -5,7 +5,8 @@
 #
 # Steps: formatting and lints, the Rust unit and integration tests (workspace, one build), the
 # gateway end-to-end suite with the official socket.io-client (npm ci), and the operator's rendered
-# manifests validated against the Kubernetes schemas (kubernetes-validate from PyPI).
+# manifests validated against the Kubernetes schemas (kubernetes-validate from PyPI), and the
+# Helm chart checks (helm is fetched into .tools/ when missing; see scripts/fetch-tools.sh).
 # Needs: a Rust toolchain (rust-toolchain.toml pins it), Node >= 20 with npm, Python >= 3.9 with pip.
 set -euo pipefail
 
@@ -62,5 +63,8 @@ LIVE_GATEWAY_BIN="$root/target/debug/live-gateway" npm test --prefix tests
 
 step "operator: CRD, examples, rendered children and RBAC against the Kubernetes schemas"
 python3 crates/operator/tests/validate_render.py --bin "$root/target/debug/live-operator"
+
+step "chart: helm lint/template, schema validation, RBAC = live-operator rbac, e2e self-test"
+scripts/test-chart.sh "$root/target/debug/live-operator"
 
 step "all tests passed"

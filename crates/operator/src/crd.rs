@@ -599,7 +599,7 @@ mod tests {
                 "{rel} is stale. Regenerate it with\n  \
                  UPDATE_CRDS=1 cargo test -p live-operator the_committed_crd_is_fresh\nor\n  \
                  cargo run -p live-operator -- crd | tee crds/liverealtime.yaml \
-                 charts/live-realtime-operator/crds/liverealtime.yaml"
+                 charts/live-realtime-operator/crds/liverealtime.yaml >/dev/null"
             );
         }
     }
