@@ -174,6 +174,14 @@ pub fn spawn_reloader(
             if !changed && !matches!(trigger, Trigger::Signal) {
                 continue;
             }
+            // An editor that truncates then writes exposes an empty or half-written file for an
+            // instant: only act on content that stayed the same for a debounce period, and never
+            // on an empty file (to reset to the defaults, write `{}`).
+            tokio::time::sleep(DEBOUNCE).await;
+            match tokio::fs::read(&path).await {
+                Ok(again) if again == bytes && !bytes.iter().all(u8::is_ascii_whitespace) => {}
+                _ => continue,
+            }
             last_seen = Some(bytes.clone());
             apply(&source, &bytes, &tx, &metrics, trigger);
         }
@@ -297,6 +305,11 @@ mod tests {
         })
         .await
         .unwrap();
+        assert_eq!(rx.borrow().gateway.rate_limits.messages_per_minute, 2);
+
+        // An emptied file is a write in progress, not "all defaults".
+        std::fs::write(&p, "").unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(rx.borrow().gateway.rate_limits.messages_per_minute, 2);
         stop.cancel();
     }
