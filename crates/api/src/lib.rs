@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     pub moderation: Moderation,
     /// Input limits for chat and gifts.
     pub limits: Limits,
+    /// How presence is announced in large rooms.
+    pub presence: Presence,
 }
 
 /// Per-user limits over a fixed one-minute window that starts with the user's first event.
@@ -112,6 +114,31 @@ impl Default for Limits {
     }
 }
 
+/// Presence announcements. In a small room every join and leave is announced at once
+/// (`presence:update` and `system:event` per socket). In a room at or above `batchThreshold`
+/// local members, that would cost O(members) per join, O(N²) for a join storm; there, joins and
+/// leaves are collected and announced as one `presence:update` with `batched: true` per
+/// `batchIntervalMs`, and no per-socket `system:event`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Presence {
+    /// Local members from which a room's presence is batched (default 200).
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub batch_threshold: u32,
+    /// How often a batched room's presence is announced, in milliseconds (default 1000).
+    #[schemars(range(min = 100, max = 60_000))]
+    pub batch_interval_ms: u64,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self {
+            batch_threshold: 200,
+            batch_interval_ms: 1000,
+        }
+    }
+}
+
 /// Why a configuration was refused. The gateway keeps its last good config when it sees one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -186,6 +213,18 @@ impl GatewayConfig {
             1,
             MAX_GIFT_QTY,
         )?;
+        range(
+            "presence.batchThreshold",
+            self.presence.batch_threshold,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "presence.batchIntervalMs",
+            self.presence.batch_interval_ms,
+            100,
+            60_000,
+        )?;
         if let Some(role) = self
             .moderation
             .admin_roles
@@ -257,6 +296,8 @@ mod tests {
         assert_eq!(c.moderation.min_og_level, 5);
         assert_eq!(c.moderation.mute_seconds, 300);
         assert_eq!(c.cors.allowed_origins, None);
+        assert_eq!(c.presence.batch_threshold, 200);
+        assert_eq!(c.presence.batch_interval_ms, 1000);
     }
 
     #[test]
@@ -317,6 +358,7 @@ mod tests {
         assert!(GatewayConfig::from_yaml("limits: {maxMessageLength: 10001}").is_err());
         assert!(GatewayConfig::from_yaml("moderation: {muteSeconds: 0}").is_err());
         assert!(GatewayConfig::from_yaml("moderation: {adminRoles: [\" \"]}").is_err());
+        assert!(GatewayConfig::from_yaml("presence: {batchIntervalMs: 10}").is_err());
     }
 
     #[test]

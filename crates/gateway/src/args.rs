@@ -84,6 +84,11 @@ pub struct Args {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// Packets that may wait in one socket's outgoing queue. A full queue drops broadcasts to that
+    /// socket and, worse, its heartbeat ping, which disconnects it: size it for bursts.
+    #[arg(long, env = "LIVE_SOCKET_BUFFER_PACKETS", default_value_t = 1024)]
+    pub socket_buffer_packets: usize,
+
     /// Log format: text or json.
     #[arg(long, env = "LIVE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -103,6 +108,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub max_payload_bytes: usize,
     pub redis: Option<RedisSettings>,
+    pub socket_buffer_packets: usize,
 }
 
 /// How to reach Redis and how to name this replica there.
@@ -145,6 +151,7 @@ impl Args {
             redis_url,
             redis_prefix,
             pod_name,
+            socket_buffer_packets,
             log_format: _,
         } = self;
         if listen == admin_listen {
@@ -242,6 +249,7 @@ impl Args {
             shutdown_timeout,
             max_payload_bytes: *max_payload_bytes,
             redis,
+            socket_buffer_packets: (*socket_buffer_packets).clamp(16, 65_536),
         })
     }
 }

@@ -17,6 +17,7 @@ use socketioxide::socket::DisconnectReason;
 
 use crate::auth::{AuthError, Claims, token_from};
 use crate::error::{Error, Result};
+use crate::presence::Announce;
 use crate::protocol::{self, Action, inbound, outbound};
 use crate::ratelimit::Kind;
 use crate::state::{AppState, unix_millis};
@@ -283,6 +284,14 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     st.membership_changed();
     st.metrics.presence_delta.with_label_values(&["join"]).inc();
     let now = unix_millis();
+    let ping = protocol::MetricsPing {
+        channel_name: j.channel,
+        timestamp: now,
+    };
+    if st.presence_joined(j.channel, &c.user_id) == Announce::Batched {
+        emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
+        return Ok(());
+    }
     let presence = protocol::PresenceUpdate {
         channel_name: j.channel,
         delta: 1,
@@ -306,10 +315,6 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
         timestamp: now,
     };
     emit_to_room(s.within(room), st, outbound::SYSTEM, "system", &system).await;
-    let ping = protocol::MetricsPing {
-        channel_name: j.channel,
-        timestamp: now,
-    };
     emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
     Ok(())
 }
@@ -332,6 +337,9 @@ async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims,
         .presence_delta
         .with_label_values(&["leave"])
         .inc();
+    if st.presence_left(channel, &c.user_id) == Announce::Batched {
+        return;
+    }
     let room = protocol::room(channel);
     let now = unix_millis();
     let presence = protocol::PresenceUpdate {
@@ -485,7 +493,31 @@ pub async fn apply_moderation<A: Adapter>(
         if let Err(e) = room_ops.leave(room).await {
             tracing::warn!(error = %e, "ending the channel could not remove every member");
         }
+        st.presence_ended(channel);
         st.membership_changed();
+    }
+}
+
+/// Announces every pending presence batch to its room and, when `resync` is set, replaces the
+/// counted local room sizes with the adapter's. Run on the `presence.batchIntervalMs` timer.
+pub async fn flush_presence<A: Adapter>(io: &SocketIo<A>, st: &AppState, resync: bool) {
+    let Some(ns) = io.of(NAMESPACE) else {
+        return;
+    };
+    let now = unix_millis();
+    for (channel, batch) in st.take_presence_batches() {
+        let payload = batch.payload(&channel, now);
+        emit_to_room(
+            ns.clone().to(protocol::room(&channel)),
+            st,
+            outbound::PRESENCE,
+            "presence",
+            &payload,
+        )
+        .await;
+    }
+    if resync {
+        st.resync_presence(local_snapshot(io).viewers);
     }
 }
 

@@ -83,7 +83,8 @@ pub async fn run(
         .req_path(SOCKET_PATH)
         .max_payload(settings.max_payload_bytes as u64)
         .ws_max_message_size(settings.max_payload_bytes)
-        .ws_max_frame_size(settings.max_payload_bytes);
+        .ws_max_frame_size(settings.max_payload_bytes)
+        .max_buffer_size(settings.socket_buffer_packets);
     let result = match settings.redis.clone() {
         None => {
             let (layer, io) = builder.with_state(state.clone()).build_layer();
@@ -225,6 +226,26 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     next.run(req).await
 }
 
+/// Announces batched presence every `presence.batchIntervalMs` (read per tick, so a reload
+/// applies), and resynchronises local room sizes every [`SWEEP_EVERY`].
+fn spawn_presence_flusher<A: Adapter>(io: SocketIo<A>, state: AppState, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut last_resync = tokio::time::Instant::now();
+        loop {
+            let interval = Duration::from_millis(state.config().gateway.presence.batch_interval_ms);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let resync = last_resync.elapsed() >= SWEEP_EVERY;
+            if resync {
+                last_resync = tokio::time::Instant::now();
+            }
+            realtime::flush_presence(&io, &state, resync).await;
+        }
+    });
+}
+
 fn spawn_sweeper(state: AppState, stop: CancellationToken) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(SWEEP_EVERY);
@@ -261,8 +282,7 @@ async fn serve<A: Adapter>(
             snapshots.clone(),
         );
     }
-    // Background tasks end with `run`; `background` is only borrowed to tie their lifetimes.
-    let _ = background;
+    spawn_presence_flusher(io.clone(), state.clone(), background.clone());
     let admin_app = bridge::router(AdminState {
         app: state.clone(),
         io,

@@ -13,6 +13,7 @@ use crate::config::RuntimeConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::moderation::Mutes;
+use crate::presence::{Announce, Batch, PresenceBook};
 use crate::ratelimit::{Decision, Kind, RateLimiter};
 use crate::sanitize::Sanitizer;
 
@@ -27,6 +28,8 @@ pub struct AppState {
     /// work around it, so contention stays low at the rates one gateway sees.
     limiter: Arc<Mutex<RateLimiter>>,
     mutes: Arc<Mutex<Mutes>>,
+    /// Local room sizes and pending presence batches for large rooms.
+    presence: Arc<Mutex<PresenceBook>>,
     pub sanitizer: Arc<Sanitizer>,
     pub metrics: Metrics,
     /// Set once, on SIGTERM/SIGINT: readiness fails and new handshakes are refused from then on.
@@ -47,6 +50,7 @@ impl AppState {
             verifier: Arc::new(verifier),
             limiter: Arc::default(),
             mutes: Arc::default(),
+            presence: Arc::default(),
             sanitizer: Arc::new(Sanitizer::default()),
             metrics,
             draining: Arc::default(),
@@ -94,6 +98,45 @@ impl AppState {
             Decision::Allowed { .. } => Ok(()),
             Decision::Limited { .. } => Err(limited()),
         }
+    }
+
+    /// Records a local join and says whether to announce it now or in the room's next batch.
+    pub fn presence_joined(&self, channel: &str, user: &str) -> Announce {
+        let threshold = self.config().gateway.presence.batch_threshold;
+        self.presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .joined(channel, user, threshold)
+    }
+
+    /// Records a local leave and says whether to announce it now or in the room's next batch.
+    pub fn presence_left(&self, channel: &str, user: &str) -> Announce {
+        let threshold = self.config().gateway.presence.batch_threshold;
+        self.presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .left(channel, user, threshold)
+    }
+
+    pub fn presence_ended(&self, channel: &str) {
+        self.presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ended(channel);
+    }
+
+    pub fn take_presence_batches(&self) -> Vec<(String, Batch)> {
+        self.presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take_batches()
+    }
+
+    pub fn resync_presence(&self, sizes: impl IntoIterator<Item = (String, u64)>) {
+        self.presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .resync(sizes);
     }
 
     /// Notes that local channel membership changed, so shared counts are refreshed soon.
