@@ -87,107 +87,40 @@ pub async fn authenticate<A: Adapter>(
 /// client learns it is connected; nothing is left to do here.
 pub async fn on_connect<A: Adapter>(_s: SocketRef<A>) {}
 
+/// Registers `$handler`, an `async fn(&SocketRef<A>, &AppState, &Claims, &Value) -> Result<()>`,
+/// for `$event`: data that is not JSON is refused before it, and every outcome goes through
+/// [`finish`] under the metric label `$kind`.
+macro_rules! on_event {
+    ($s:expr, $A:ty, $event:expr, $kind:literal, $handler:ident) => {
+        $s.on(
+            $event,
+            async |s: SocketRef<$A>,
+                   TryData(d): TryData<Value>,
+                   ack: AckSender<$A>,
+                   State(st): State<AppState>,
+                   Extension(c): Extension<Arc<Claims>>| {
+                let t = Instant::now();
+                let r = match d {
+                    Ok(v) => $handler(&s, &st, &c, &v).await,
+                    Err(_) => Err(Error::InvalidPayload),
+                };
+                finish(&s, ack, &st, $kind, r, t);
+            },
+        )
+    };
+}
+
 /// Registers the event handlers of an authenticated socket and counts it as active; the
 /// disconnect handler registered here is what counts it out again.
 fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
     state.metrics.active_connections.inc();
 
-    s.on(
-        inbound::JOIN,
-        async |s: SocketRef<A>,
-               TryData(d): TryData<Value>,
-               ack: AckSender<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Claims>>| {
-            let t = Instant::now();
-            let r = match d {
-                Ok(v) => join(&s, &st, &c, &v).await,
-                Err(_) => Err(Error::InvalidPayload),
-            };
-            finish(&s, ack, &st, "join", r, t);
-        },
-    );
-    s.on(
-        inbound::LEAVE,
-        async |s: SocketRef<A>,
-               TryData(d): TryData<Value>,
-               ack: AckSender<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Claims>>| {
-            let t = Instant::now();
-            let r = match d {
-                Ok(v) => leave(&s, &st, &c, &v).await,
-                Err(_) => Err(Error::InvalidPayload),
-            };
-            finish(&s, ack, &st, "leave", r, t);
-        },
-    );
-    s.on(
-        inbound::CHAT,
-        async |s: SocketRef<A>,
-               TryData(d): TryData<Value>,
-               ack: AckSender<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Claims>>| {
-            let t = Instant::now();
-            let r = match d {
-                Ok(v) => chat(&s, &st, &c, &v).await,
-                Err(_) => Err(Error::InvalidPayload),
-            };
-            finish(&s, ack, &st, "chat", r, t);
-        },
-    );
-    s.on(
-        inbound::GIFT,
-        async |s: SocketRef<A>,
-               TryData(d): TryData<Value>,
-               ack: AckSender<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Claims>>| {
-            let t = Instant::now();
-            let r = match d {
-                Ok(v) => gift(&s, &st, &c, &v).await,
-                Err(_) => Err(Error::InvalidPayload),
-            };
-            finish(&s, ack, &st, "gift", r, t);
-        },
-    );
-    s.on(
-        inbound::MODERATION,
-        async |s: SocketRef<A>,
-               TryData(d): TryData<Value>,
-               ack: AckSender<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Claims>>| {
-            let t = Instant::now();
-            let r = match d {
-                Ok(v) => moderate(&s, &st, &c, &v).await,
-                Err(_) => Err(Error::InvalidPayload),
-            };
-            finish(&s, ack, &st, "moderation", r, t);
-        },
-    );
-    s.on(
-        inbound::HEARTBEAT,
-        async |s: SocketRef<A>,
-               TryData(d): TryData<Value>,
-               ack: AckSender<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Claims>>| {
-            let t = Instant::now();
-            let r = d
-                .map_err(|_| Error::InvalidPayload)
-                .and_then(|v| protocol::parse_heartbeat(&v))
-                .map(|()| {
-                    let ack = protocol::HeartbeatAck {
-                        timestamp: unix_millis(),
-                        user_id: &c.user_id,
-                    };
-                    emit_to_socket(&s, &st, outbound::HEARTBEAT_ACK, "heartbeat_ack", &ack);
-                });
-            finish(&s, ack, &st, "heartbeat", r, t);
-        },
-    );
+    on_event!(s, A, inbound::JOIN, "join", join);
+    on_event!(s, A, inbound::LEAVE, "leave", leave);
+    on_event!(s, A, inbound::CHAT, "chat", chat);
+    on_event!(s, A, inbound::GIFT, "gift", gift);
+    on_event!(s, A, inbound::MODERATION, "moderation", moderate);
+    on_event!(s, A, inbound::HEARTBEAT, "heartbeat", heartbeat);
     // Unknown events are counted and otherwise ignored, as socket.io does.
     s.on_fallback(async |State(st): State<AppState>| {
         st.metrics
@@ -316,6 +249,21 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     };
     emit_to_room(s.within(room), st, outbound::SYSTEM, "system", &system).await;
     emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
+    Ok(())
+}
+
+async fn heartbeat<A: Adapter>(
+    s: &SocketRef<A>,
+    st: &AppState,
+    c: &Claims,
+    v: &Value,
+) -> Result<()> {
+    protocol::parse_heartbeat(v)?;
+    let ack = protocol::HeartbeatAck {
+        timestamp: unix_millis(),
+        user_id: &c.user_id,
+    };
+    emit_to_socket(s, st, outbound::HEARTBEAT_ACK, "heartbeat_ack", &ack);
     Ok(())
 }
 
