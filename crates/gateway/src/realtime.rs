@@ -5,6 +5,7 @@
 //! an [`Error`] into the client's `error` event, its ack and the `ws_errors_total` metric.
 //! Handlers are generic over the adapter, so the same code serves one process or many replicas.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -465,7 +466,7 @@ pub async fn flush_presence<A: Adapter>(io: &SocketIo<A>, st: &AppState, resync:
         .await;
     }
     if resync {
-        st.resync_presence(local_snapshot(io).viewers);
+        st.resync_presence(local_channel_sizes(io));
     }
 }
 
@@ -483,41 +484,51 @@ pub fn disconnect_label(reason: DisconnectReason) -> &'static str {
     }
 }
 
-/// This process's channel membership: sockets per channel and per (channel, user).
-pub fn local_snapshot<A: Adapter>(io: &SocketIo<A>) -> crate::cluster::Snapshot {
-    let mut snap = crate::cluster::Snapshot::default();
+/// Calls `f(channel, claims)` once for every channel room of every socket of this process: the
+/// one walk over local membership that the metrics, the presence resync and the shared
+/// snapshots all read from.
+fn for_each_local_member<A: Adapter>(io: &SocketIo<A>, mut f: impl FnMut(&str, Option<&Claims>)) {
     let Some(ns) = io.of(NAMESPACE) else {
-        return snap;
+        return;
     };
     for s in ns.sockets() {
         let user = s.extensions.get::<Arc<Claims>>();
         for room in s.rooms() {
             if let Some(channel) = protocol::channel_of(&room) {
-                *snap.viewers.entry(channel.to_owned()).or_default() += 1;
-                if let Some(c) = &user {
-                    *snap
-                        .presence
-                        .entry((channel.to_owned(), c.user_id.clone()))
-                        .or_default() += 1;
-                }
+                f(channel, user.as_deref());
             }
         }
     }
+}
+
+/// Sockets per channel among this process's sockets.
+pub fn local_channel_sizes<A: Adapter>(io: &SocketIo<A>) -> HashMap<String, u64> {
+    let mut sizes = HashMap::new();
+    for_each_local_member(io, |channel, _| {
+        *sizes.entry(channel.to_owned()).or_default() += 1;
+    });
+    sizes
+}
+
+/// This process's channel membership: sockets per channel and per (channel, user).
+pub fn local_snapshot<A: Adapter>(io: &SocketIo<A>) -> crate::cluster::Snapshot {
+    let mut snap = crate::cluster::Snapshot::default();
+    for_each_local_member(io, |channel, user| {
+        *snap.viewers.entry(channel.to_owned()).or_default() += 1;
+        if let Some(c) = user {
+            *snap
+                .presence
+                .entry((channel.to_owned(), c.user_id.clone()))
+                .or_default() += 1;
+        }
+    });
     snap
 }
 
 /// Members per channel room among this process's sockets, for the room metrics.
 pub fn local_room_sizes<A: Adapter>(io: &SocketIo<A>) -> Vec<usize> {
-    let Some(ns) = io.of(NAMESPACE) else {
-        return Vec::new();
-    };
-    let mut sizes: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for s in ns.sockets() {
-        for room in s.rooms() {
-            if protocol::channel_of(&room).is_some() {
-                *sizes.entry(room.to_string()).or_default() += 1;
-            }
-        }
-    }
-    sizes.into_values().collect()
+    local_channel_sizes(io)
+        .into_values()
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        .collect()
 }
