@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use rand::seq::SliceRandom;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::state::lock;
 
 /// Live connections, each with the token that cuts it.
 #[derive(Clone, Debug, Default)]
@@ -36,29 +38,17 @@ impl Connections {
     fn register(&self) -> (u64, CancellationToken) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
-        self.inner
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, token.clone());
+        lock(&self.inner.live).insert(id, token.clone());
         (id, token)
     }
 
     fn remove(&self, id: u64) {
-        self.inner
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        lock(&self.inner.live).remove(&id);
     }
 
     /// Number of open TCP connections.
     pub fn len(&self) -> usize {
-        self.inner
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.inner.live).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,13 +56,7 @@ impl Connections {
     }
 
     fn tokens(&self) -> Vec<CancellationToken> {
-        self.inner
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        lock(&self.inner.live).values().cloned().collect()
     }
 
     /// Cuts every open connection in `batches` shuffled groups spread evenly over `window`, each

@@ -2,7 +2,7 @@
 //! the admin endpoints. No statics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -103,40 +103,25 @@ impl AppState {
     /// Records a local join and says whether to announce it now or in the room's next batch.
     pub fn presence_joined(&self, channel: &str, user: &str) -> Announce {
         let threshold = self.config().gateway.presence.batch_threshold;
-        self.presence
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .joined(channel, user, threshold)
+        lock(&self.presence).joined(channel, user, threshold)
     }
 
     /// Records a local leave and says whether to announce it now or in the room's next batch.
     pub fn presence_left(&self, channel: &str, user: &str) -> Announce {
         let threshold = self.config().gateway.presence.batch_threshold;
-        self.presence
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .left(channel, user, threshold)
+        lock(&self.presence).left(channel, user, threshold)
     }
 
     pub fn presence_ended(&self, channel: &str) {
-        self.presence
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ended(channel);
+        lock(&self.presence).ended(channel);
     }
 
     pub fn take_presence_batches(&self) -> Vec<(String, Batch)> {
-        self.presence
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take_batches()
+        lock(&self.presence).take_batches()
     }
 
     pub fn resync_presence(&self, sizes: impl IntoIterator<Item = (String, u64)>) {
-        self.presence
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .resync(sizes);
+        lock(&self.presence).resync(sizes);
     }
 
     /// Notes that local channel membership changed, so shared counts are refreshed soon.
@@ -163,42 +148,27 @@ impl AppState {
 
     /// Counts one event against the user's local budget for `kind`.
     fn rate_limit(&self, kind: Kind, user: &str, limit: u32) -> Decision {
-        self.limiter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check(kind, user, limit, Instant::now())
+        lock(&self.limiter).check(kind, user, limit, Instant::now())
     }
 
     /// Mutes `user` in `channel` for `seconds`, here and (with Redis) on every replica.
     pub async fn mute(&self, channel: &str, user: &str, seconds: u64) {
         let until = Instant::now() + std::time::Duration::from_secs(seconds);
-        self.mutes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .mute(channel, user, until);
+        lock(&self.mutes).mute(channel, user, until);
         if let Some(shared) = &self.shared {
             shared.mute(channel, user, seconds).await;
         }
     }
 
     fn is_muted(&self, channel: &str, user: &str) -> bool {
-        self.mutes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_muted(channel, user, Instant::now())
+        lock(&self.mutes).is_muted(channel, user, Instant::now())
     }
 
     /// Drops expired rate-limit windows and mutes; run periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.limiter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sweep(now);
-        self.mutes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sweep(now);
+        lock(&self.limiter).sweep(now);
+        lock(&self.mutes).sweep(now);
     }
 
     pub fn start_draining(&self) {
@@ -209,6 +179,12 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
+}
+
+/// Locks a mutex, recovering it if a panic poisoned it: every guarded value here (counters,
+/// expiry maps) stays consistent between statements, so the data is still good.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Milliseconds since the Unix epoch: the protocol's `timestamp`, like JavaScript's `Date.now()`.
