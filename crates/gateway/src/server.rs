@@ -88,6 +88,7 @@ pub async fn run(
         .ws_max_message_size(settings.max_payload_bytes)
         .ws_max_frame_size(settings.max_payload_bytes)
         .max_buffer_size(settings.socket_buffer_packets)
+        .ws_write_coalesce(settings.ws_write_coalesce)
         // Chat frames are small; tungstenite reads in chunks of this size and keeps the buffer
         // for the connection's life, so it is a per-connection cost (4 KiB by default).
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES);

@@ -1,0 +1,404 @@
+//! A bounded per-socket packet queue that holds no memory while it is empty (live-realtime fork).
+//!
+//! Upstream used a `tokio::sync::mpsc` channel per socket. Its storage is a linked list of
+//! blocks of 32 slots that are allocated up front and kept for the channel's life, which cost an
+//! idle socket about 10 KB (two blocks of 32 `PacketBuf`s). This queue is a `VecDeque` behind a
+//! mutex: it grows with the backlog and gives the memory back once a burst has drained. It keeps
+//! the parts of the mpsc API the engine uses, with the same semantics: a capacity shared by
+//! queued packets and outstanding permits, `Full`/`Closed` errors that hand the value back, a
+//! receiver that sees `None` once it is closed and drained or the sender is gone, and a sender
+//! that can wait for the receiver to close.
+//!
+//! Each side is touched by one task at a time (the emitting handler, the socket's writer), so
+//! the lock is uncontended and cheaper than the channel's atomics in practice.
+
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    task::{Context, Poll, Waker},
+};
+
+use tokio::sync::{
+    Notify,
+    mpsc::error::{TryRecvError, TrySendError},
+};
+
+/// A drained queue keeps an allocation of at most this many slots, so a socket that bursts once
+/// does not hold its high-water mark forever.
+const RETAINED_SLOTS: usize = 4;
+
+struct State<T> {
+    items: VecDeque<T>,
+    /// Slots promised to outstanding [`Permit`]s.
+    reserved: usize,
+    /// The receiver was closed or dropped: no more sends.
+    rx_closed: bool,
+    /// The sender was dropped: the receiver ends once it has drained.
+    tx_dropped: bool,
+    rx_waker: Option<Waker>,
+    /// Senders waiting in [`Sender::send`] for room.
+    space_waiters: usize,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    capacity: usize,
+    /// Signalled when room is made while a sender waits.
+    space: Notify,
+    /// Signalled when the receiver closes.
+    closed: Notify,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every update is
+        // a single push, pop or counter change), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close_rx(&self) {
+        let mut state = self.lock();
+        if state.rx_closed {
+            return;
+        }
+        state.rx_closed = true;
+        drop(state);
+        self.closed.notify_waiters();
+        self.space.notify_waiters();
+    }
+}
+
+/// Creates a queue that holds at most `capacity` packets (at least one).
+pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            reserved: 0,
+            rx_closed: false,
+            tx_dropped: false,
+            rx_waker: None,
+            space_waiters: 0,
+        }),
+        capacity: capacity.max(1),
+        space: Notify::new(),
+        closed: Notify::new(),
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+/// The sending half, owned by the socket.
+pub(crate) struct Sender<T>(Arc<Shared<T>>);
+
+/// A reserved slot: [`Permit::send`] queues one value without failing.
+pub(crate) struct Permit<'a, T> {
+    shared: &'a Shared<T>,
+}
+
+impl<T> Sender<T> {
+    /// Queues `value` at once, or hands it back when the queue is full or closed.
+    pub(crate) fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        let mut state = self.0.lock();
+        if state.rx_closed {
+            return Err(TrySendError::Closed(value));
+        }
+        if state.items.len() + state.reserved >= self.0.capacity {
+            return Err(TrySendError::Full(value));
+        }
+        state.items.push_back(value);
+        let waker = state.rx_waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `value`, waiting for room; hands it back when the queue closes.
+    pub(crate) async fn send(&self, value: T) -> Result<(), T> {
+        let mut value = value;
+        loop {
+            let notified = self.0.space.notified();
+            tokio::pin!(notified);
+            // Registered before trying, so room made in between is not missed.
+            notified.as_mut().enable();
+            self.0.lock().space_waiters += 1;
+            let attempt = self.try_send(value);
+            match attempt {
+                Ok(()) => {
+                    self.0.lock().space_waiters -= 1;
+                    return Ok(());
+                }
+                Err(TrySendError::Closed(v)) => {
+                    self.0.lock().space_waiters -= 1;
+                    return Err(v);
+                }
+                Err(TrySendError::Full(v)) => {
+                    value = v;
+                    notified.await;
+                    self.0.lock().space_waiters -= 1;
+                }
+            }
+        }
+    }
+
+    /// Reserves one slot, or fails as [`Sender::try_send`] would.
+    pub(crate) fn try_reserve(&self) -> Result<Permit<'_, T>, TrySendError<()>> {
+        let mut state = self.0.lock();
+        if state.rx_closed {
+            return Err(TrySendError::Closed(()));
+        }
+        if state.items.len() + state.reserved >= self.0.capacity {
+            return Err(TrySendError::Full(()));
+        }
+        state.reserved += 1;
+        Ok(Permit { shared: &self.0 })
+    }
+
+    /// True once the receiver has been closed or dropped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.lock().rx_closed
+    }
+
+    /// Completes once the receiver has been closed or dropped.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.0.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.tx_dropped = true;
+        let waker = state.rx_waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.0.lock();
+        f.debug_struct("Sender")
+            .field("queued", &state.items.len())
+            .field("reserved", &state.reserved)
+            .field("capacity", &self.0.capacity)
+            .field("closed", &state.rx_closed)
+            .finish()
+    }
+}
+
+impl<T> Permit<'_, T> {
+    /// Queues `value` in the reserved slot.
+    pub(crate) fn send(self, value: T) {
+        let mut state = self.shared.lock();
+        state.reserved -= 1;
+        // A permit taken before the receiver closed may still deliver into the queue, as
+        // with tokio's channel; the receiver drops it when it is dropped.
+        state.items.push_back(value);
+        let waker = state.rx_waker.take();
+        drop(state);
+        // `send` consumed the reservation; do not release it twice.
+        std::mem::forget(self);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<T> Drop for Permit<'_, T> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.reserved -= 1;
+        let waiting = state.space_waiters > 0;
+        drop(state);
+        if waiting {
+            self.shared.space.notify_waiters();
+        }
+    }
+}
+
+/// The receiving half, owned by the socket's writer (or the polling request in progress).
+pub(crate) struct Receiver<T>(Arc<Shared<T>>);
+
+impl<T> Receiver<T> {
+    /// Takes the next value, or hands back the locked state when the queue is empty, so the
+    /// caller can tell closed from empty and register a waker without a gap.
+    fn pop(&self) -> Result<T, MutexGuard<'_, State<T>>> {
+        let mut state = self.0.lock();
+        let Some(value) = state.items.pop_front() else {
+            return Err(state);
+        };
+        let waiting = state.space_waiters > 0;
+        if state.items.is_empty() && state.items.capacity() > RETAINED_SLOTS {
+            state.items.shrink_to(RETAINED_SLOTS);
+        }
+        drop(state);
+        if waiting {
+            self.0.space.notify_waiters();
+        }
+        Ok(value)
+    }
+
+    /// Takes the next value, if one is queued, registering `cx` to be woken otherwise.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut state = match self.pop() {
+            Ok(value) => return Poll::Ready(Some(value)),
+            Err(state) => state,
+        };
+        if state.rx_closed || state.tx_dropped {
+            return Poll::Ready(None);
+        }
+        match &mut state.rx_waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the next value; `None` once the queue is closed and drained.
+    pub(crate) async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Takes the next value if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        match self.pop() {
+            Ok(value) => Ok(value),
+            Err(state) if state.rx_closed || state.tx_dropped => Err(TryRecvError::Disconnected),
+            Err(_) => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Refuses further sends; values already queued can still be received.
+    pub(crate) fn close(&mut self) {
+        self.0.close_rx();
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.0.close_rx();
+        // Release queued packets now rather than when the sender goes.
+        let items = std::mem::take(&mut self.0.lock().items);
+        drop(items);
+    }
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.0.lock();
+        f.debug_struct("Receiver")
+            .field("queued", &state.items.len())
+            .field("closed", &state.rx_closed)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_empty_queue_holds_no_allocation_and_gives_back_a_drained_burst() {
+        let (tx, mut rx) = channel::<u64>(1024);
+        assert_eq!(tx.0.lock().items.capacity(), 0);
+        for i in 0..500 {
+            tx.try_send(i).unwrap();
+        }
+        assert!(tx.0.lock().items.capacity() >= 500);
+        for i in 0..500 {
+            assert_eq!(rx.try_recv().unwrap(), i);
+        }
+        assert!(tx.0.lock().items.capacity() <= RETAINED_SLOTS);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn queued_values_and_permits_share_the_capacity() {
+        let (tx, mut rx) = channel::<u8>(2);
+        let permit = tx.try_reserve().unwrap();
+        tx.try_send(1).unwrap();
+        assert!(matches!(tx.try_send(2), Err(TrySendError::Full(2))));
+        assert!(matches!(tx.try_reserve(), Err(TrySendError::Full(()))));
+        permit.send(3);
+        assert_eq!(rx.try_recv().unwrap(), 1);
+        assert_eq!(rx.try_recv().unwrap(), 3);
+        // A dropped permit gives its slot back.
+        drop(tx.try_reserve().unwrap());
+        tx.try_send(4).unwrap();
+        tx.try_send(5).unwrap();
+        assert!(matches!(tx.try_send(6), Err(TrySendError::Full(6))));
+    }
+
+    #[test]
+    fn a_closed_receiver_refuses_sends_but_still_drains() {
+        let (tx, mut rx) = channel::<u8>(8);
+        tx.try_send(1).unwrap();
+        assert!(!tx.is_closed());
+        rx.close();
+        assert!(tx.is_closed());
+        assert!(matches!(tx.try_send(2), Err(TrySendError::Closed(2))));
+        assert!(matches!(tx.try_reserve(), Err(TrySendError::Closed(()))));
+        assert_eq!(rx.try_recv().unwrap(), 1);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_on_send_and_ends_when_the_sender_is_dropped() {
+        let (tx, mut rx) = channel::<u8>(8);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(v) = rx.recv().await {
+                got.push(v);
+            }
+            got
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.try_send(7).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.try_send(8).unwrap();
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), vec![7, 8]);
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_and_closed_waits_for_the_receiver() {
+        let (tx, mut rx) = channel::<u8>(1);
+        tx.try_send(1).unwrap();
+        let tx = Arc::new(tx);
+        let sender = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(2).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!sender.is_finished());
+        assert_eq!(rx.recv().await, Some(1));
+        sender.await.unwrap().unwrap();
+        assert_eq!(rx.recv().await, Some(2));
+
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.closed().await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tx.send(3).await, Err(3));
+    }
+}
