@@ -3,7 +3,7 @@
 //! Upstream used a `tokio::sync::mpsc` channel per socket. Its storage is a linked list of
 //! blocks of 32 slots that are allocated up front and kept for the channel's life, which cost an
 //! idle socket about 10 KB (two blocks of 32 `PacketBuf`s). This queue is a `VecDeque` behind a
-//! mutex: it grows with the backlog and gives the memory back once a burst has drained. It keeps
+//! mutex: it grows with the backlog and frees its memory whenever it drains. It keeps
 //! the parts of the mpsc API the engine uses, with the same semantics: a capacity shared by
 //! queued packets and outstanding permits, `Full`/`Closed` errors that hand the value back, a
 //! receiver that sees `None` once it is closed and drained or the sender is gone, and a sender
@@ -23,10 +23,6 @@ use tokio::sync::{
     Notify,
     mpsc::error::{TryRecvError, TrySendError},
 };
-
-/// A drained queue keeps an allocation of at most this many slots, so a socket that bursts once
-/// does not hold its high-water mark forever.
-const RETAINED_SLOTS: usize = 4;
 
 struct State<T> {
     items: VecDeque<T>,
@@ -240,8 +236,10 @@ impl<T> Receiver<T> {
             return Err(state);
         };
         let waiting = state.space_waiters > 0;
-        if state.items.is_empty() && state.items.capacity() > RETAINED_SLOTS {
-            state.items.shrink_to(RETAINED_SLOTS);
+        if state.items.is_empty() {
+            // An idle socket holds nothing; the next packet allocates again (one allocation
+            // per burst, against a `send(2)` per burst on the write side).
+            state.items = VecDeque::new();
         }
         drop(state);
         if waiting {
@@ -321,7 +319,7 @@ mod tests {
         for i in 0..500 {
             assert_eq!(rx.try_recv().unwrap(), i);
         }
-        assert!(tx.0.lock().items.capacity() <= RETAINED_SLOTS);
+        assert_eq!(tx.0.lock().items.capacity(), 0);
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
     }
 

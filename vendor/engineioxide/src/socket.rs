@@ -67,14 +67,9 @@ use std::{
 use crate::{config::EngineIoConfig, errors::Error, queue};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
-use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex,
-    mpsc::{self, error::TrySendError},
-    watch,
-};
+use tokio::sync::{Mutex, mpsc::error::TrySendError, watch};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -223,10 +218,10 @@ where
 
     /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
     /// which is running in a separate task
-    heartbeat_rx: Mutex<mpsc::Receiver<()>>,
+    heartbeat_rx: Mutex<queue::Receiver<()>>,
     /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
     /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    pub(crate) heartbeat_tx: queue::Sender<()>,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -256,7 +251,7 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
+        let (heartbeat_tx, heartbeat_rx) = queue::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
@@ -307,21 +302,27 @@ where
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        let cancellation_token = self.cancellation_token.clone();
-
-        let fut = cancellation_token
-            .run_until_cancelled_owned(async move {
-                if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                    self.close(DisconnectReason::HeartbeatTimeout);
+        // A plain `select!` on a borrowed cancellation future rather than
+        // `run_until_cancelled_owned`, whose owned wrapper more than tripled this task's
+        // future (1,168 bytes instead of ~400, for every connection's life; live-realtime fork).
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                biased;
+                () = self.cancellation_token.cancelled() => {
                     #[cfg(feature = "tracing")]
-                    tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
+                    tracing::debug!(aborted = true, "heartbeat job completed");
+                    return;
                 }
-            })
-            .inspect(|_v| {
+                result = self.heartbeat_job(interval, timeout) => result,
+            };
+            if let Err(_e) = result {
+                self.close(DisconnectReason::HeartbeatTimeout);
                 #[cfg(feature = "tracing")]
-                tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
-            });
-        tokio::spawn(fut);
+                tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
+            }
+            #[cfg(feature = "tracing")]
+            tracing::debug!(aborted = false, "heartbeat job completed");
+        });
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
@@ -355,14 +356,21 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut interval_tick = tokio::time::interval(interval);
-        interval_tick.tick().await;
+        // One timer, re-armed for each wait, instead of an `Interval` (a boxed timer) plus a
+        // `Timeout` (a second one): this future lives as long as the connection
+        // (live-realtime fork). Pings keep the interval's schedule: start + k * interval,
+        // the first at once, a late one at once (`Interval`'s default `Burst`).
+        let mut next_ping = tokio::time::Instant::now();
+        let sleep = tokio::time::sleep_until(next_ping);
+        tokio::pin!(sleep);
         // Some clients send the pong packet in first. If that happens, we should consume it.
         heartbeat_rx.try_recv().ok();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
-                interval_tick.tick().await;
+                next_ping += interval;
+                sleep.as_mut().reset(next_ping);
+                sleep.as_mut().await;
                 continue;
             }
 
@@ -376,15 +384,19 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
 
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+            sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+            tokio::select! {
+                biased;
+                pong = heartbeat_rx.recv() => pong.ok_or(Error::HeartbeatTimeout)?,
+                () = sleep.as_mut() => return Err(Error::HeartbeatTimeout),
+            }
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
 
-            interval_tick.tick().await;
+            next_ping += interval;
+            sleep.as_mut().reset(next_ping);
+            sleep.as_mut().await;
         }
     }
 
@@ -398,11 +410,17 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
+        let sleep = tokio::time::sleep(interval + timeout);
+        tokio::pin!(sleep);
         loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + interval + timeout);
+            tokio::select! {
+                biased;
+                ping = heartbeat_rx.recv() => ping.ok_or(Error::HeartbeatTimeout)?,
+                () = sleep.as_mut() => return Err(Error::HeartbeatTimeout),
+            }
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
@@ -606,7 +624,7 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = queue::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
+        let (heartbeat_tx, heartbeat_rx) = queue::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
@@ -632,7 +650,7 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
             let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();

@@ -311,7 +311,7 @@ fn to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Message> {
         // it should be discarded here
         Packet::Noop => None,
         packet => {
-            let packet: String = packet.try_into().unwrap();
+            let packet: String = packet.into();
             Some(Message::Text(packet.into()))
         }
     }
@@ -588,7 +588,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            Duration::ZERO,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
@@ -609,13 +613,80 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            Duration::ZERO,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
         tokio::time::timeout(TIMEOUT, writer)
             .await
             .expect("the writer should stop")
+            .unwrap();
+    }
+
+    async fn next_text(client: &mut WebSocketStream<DuplexStream>) -> Message {
+        tokio::time::timeout(TIMEOUT, client.next())
+            .await
+            .expect("the writer should send the packet")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_socket_is_written_at_most_once_per_coalescing_interval() {
+        let interval = Duration::from_millis(50);
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let (tx, _rx) = server.split();
+        tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            interval,
+        ));
+
+        // A quiet socket is written at once.
+        let start = tokio::time::Instant::now();
+        socket.emit(Str::from("a")).unwrap();
+        assert_eq!(next_text(&mut client).await, Message::text("4a"));
+        assert!(start.elapsed() < interval);
+
+        // Packets queued within the interval wait for it, then leave together.
+        socket.emit(Str::from("b")).unwrap();
+        socket.emit(Str::from("c")).unwrap();
+        assert_eq!(next_text(&mut client).await, Message::text("4b"));
+        assert!(start.elapsed() >= interval);
+        assert_eq!(next_text(&mut client).await, Message::text("4c"));
+
+        // After a quiet interval the next packet is not held back.
+        tokio::time::sleep(interval * 2).await;
+        let quiet = tokio::time::Instant::now();
+        socket.emit(Str::from("d")).unwrap();
+        assert_eq!(next_text(&mut client).await, Message::text("4d"));
+        assert!(quiet.elapsed() < interval);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_waiting_out_its_interval_stops_with_the_session() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let (tx, _rx) = server.split();
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            Duration::from_secs(3600),
+        ));
+        socket.emit(Str::from("a")).unwrap();
+        assert_eq!(next_text(&mut client).await, Message::text("4a"));
+        socket.emit(Str::from("b")).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        socket.cancellation_token.cancel();
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer should stop without waiting out the interval")
             .unwrap();
     }
 }
