@@ -92,6 +92,9 @@ impl<H: EngineIoHandler> EngineIo<H> {
         // transports (the ws `forward_to_socket` task and pending polling requests) will release
         // the `internal_rx` lock as soon as they observe the cancellation.
         socket.cancellation_token.cancel();
+        // The websocket writer waits on its queue only (live-realtime fork): closing the queue
+        // lets it send what is already queued (a close packet, say) and stop.
+        socket.internal_tx.close();
 
         let handler = self.handler.clone();
         tokio::spawn(async move {

@@ -35,6 +35,11 @@ struct State<T> {
     rx_waker: Option<Waker>,
     /// Senders waiting in [`Sender::send`] for room.
     space_waiters: usize,
+    /// A value that bypasses the capacity and replaces any previous one not yet taken
+    /// (engine.io "volatile" packets: latest wins, may be dropped).
+    volatile: Option<T>,
+    /// Woken when the queue closes, for a receiver that waits without taking values.
+    closed_waker: Option<Waker>,
 }
 
 struct Shared<T> {
@@ -59,7 +64,12 @@ impl<T> Shared<T> {
             return;
         }
         state.rx_closed = true;
+        state.volatile = None;
+        let wakers = [state.rx_waker.take(), state.closed_waker.take()];
         drop(state);
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
         self.closed.notify_waiters();
         self.space.notify_waiters();
     }
@@ -75,12 +85,28 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             tx_dropped: false,
             rx_waker: None,
             space_waiters: 0,
+            volatile: None,
+            closed_waker: None,
         }),
         capacity: capacity.max(1),
         space: Notify::new(),
         closed: Notify::new(),
     });
     (Sender(shared.clone()), Receiver(shared))
+}
+
+/// What the receiver took: a queued value, or the volatile one.
+pub(crate) enum Item<T> {
+    Queued(T),
+    Volatile(T),
+}
+
+impl<T> Item<T> {
+    pub(crate) fn into_inner(self) -> T {
+        match self {
+            Item::Queued(value) | Item::Volatile(value) => value,
+        }
+    }
 }
 
 /// The sending half, owned by the socket.
@@ -149,6 +175,27 @@ impl<T> Sender<T> {
         }
         state.reserved += 1;
         Ok(Permit { shared: &self.0 })
+    }
+
+    /// Sets the volatile value, replacing one not yet taken; false when the queue is closed.
+    pub(crate) fn send_volatile(&self, value: T) -> bool {
+        let mut state = self.0.lock();
+        if state.rx_closed {
+            return false;
+        }
+        state.volatile = Some(value);
+        let waker = state.rx_waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Closes the queue from the sending side: sends are refused from now on, and the
+    /// receiver sees the end once it has drained what is queued.
+    pub(crate) fn close(&self) {
+        self.0.close_rx();
     }
 
     /// True once the receiver has been closed or dropped.
@@ -262,6 +309,44 @@ impl<T> Receiver<T> {
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Takes the next queued value, else the volatile one, registering `cx` to be woken
+    /// otherwise; `None` once the queue is closed and drained.
+    pub(crate) fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item<T>>> {
+        let mut state = match self.pop() {
+            Ok(value) => return Poll::Ready(Some(Item::Queued(value))),
+            Err(state) => state,
+        };
+        if let Some(value) = state.volatile.take() {
+            return Poll::Ready(Some(Item::Volatile(value)));
+        }
+        if state.rx_closed || state.tx_dropped {
+            return Poll::Ready(None);
+        }
+        match &mut state.rx_waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the next queued or volatile value; `None` once closed and drained.
+    pub(crate) async fn next_item(&mut self) -> Option<Item<T>> {
+        poll_fn(|cx| self.poll_next_item(cx)).await
+    }
+
+    /// Completes once the queue is closed, without taking anything from it.
+    pub(crate) async fn closed(&self) {
+        poll_fn(|cx| {
+            let mut state = self.0.lock();
+            if state.rx_closed || state.tx_dropped {
+                return Poll::Ready(());
+            }
+            state.closed_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Waits for the next value; `None` once the queue is closed and drained.
@@ -398,5 +483,48 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(tx.send(3).await, Err(3));
+    }
+
+    #[test]
+    fn a_volatile_value_yields_to_queued_ones_and_only_the_latest_is_kept() {
+        let (tx, mut rx) = channel::<u8>(1);
+        tx.try_send(1).unwrap();
+        assert!(tx.send_volatile(10));
+        // Volatile values bypass the capacity.
+        assert!(tx.send_volatile(11));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut next = || match rx.poll_next_item(&mut cx) {
+            Poll::Ready(Some(Item::Queued(v))) => Some((false, v)),
+            Poll::Ready(Some(Item::Volatile(v))) => Some((true, v)),
+            Poll::Ready(None) => None,
+            Poll::Pending => Some((false, 0)),
+        };
+        assert_eq!(next(), Some((false, 1)));
+        assert_eq!(next(), Some((true, 11)));
+        assert_eq!(next(), Some((false, 0)), "nothing left: pending");
+        tx.close();
+        assert!(!tx.send_volatile(12));
+        assert_eq!(next(), None);
+    }
+
+    #[tokio::test]
+    async fn closing_from_the_sender_wakes_a_waiting_receiver_after_it_drains() {
+        let (tx, mut rx) = channel::<u8>(4);
+        tx.try_send(1).unwrap();
+        let tx = Arc::new(tx);
+        let closer = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                tx.close();
+            })
+        };
+        assert_eq!(rx.recv().await, Some(1));
+        tokio::time::timeout(Duration::from_secs(1), rx.closed())
+            .await
+            .unwrap();
+        assert!(matches!(rx.next_item().await, None));
+        closer.await.unwrap();
     }
 }

@@ -23,11 +23,11 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, queue, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -317,12 +317,6 @@ fn to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Message> {
     }
 }
 
-/// What woke the writer.
-enum Work {
-    Packets(PacketBuf),
-    Volatile(Option<PacketBuf>),
-}
-
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained.
@@ -332,8 +326,10 @@ enum Work {
 /// a busy socket is written (one `send` syscall) at most once per interval, whatever its
 /// packet rate; a packet that arrives after a quiet interval still leaves at once.
 ///
-/// The loop has a single `feed` await so that this task's future, which lives as long as the
-/// connection, stays small (live-realtime fork; upstream's expanded one per packet kind).
+/// Live-realtime fork: the writer waits on its queue alone (volatile packets share it, and the
+/// engine closes it with the session), so a wake-up costs one lock instead of polling three
+/// futures, and it sends what was queued before the close (a close packet) before it stops.
+/// The loop has a single `feed` await, which keeps this connection-long future small.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
@@ -354,48 +350,24 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    let rx = &mut internal_rx.buffered_rx;
 
-    // One waiter on the cancellation token for the writer's whole life, rather than a new
-    // registration (two lock round-trips) on every wake-up.
-    let cancelled = socket.cancellation_token.cancelled();
-    tokio::pin!(cancelled);
     // When the next write may happen; `None` means at once.
     let mut next_write: Option<tokio::time::Instant> = None;
 
-    // Forward buffered packets until the channel is closed or the session is cancelled.
-    loop {
-        let work = tokio::select! {
-            biased;
-            items = buffered_rx.recv() => match items {
-                Some(packets) => Work::Packets(packets),
-                None => break,
-            },
-            _ = &mut cancelled => break,
-            Ok(()) = volatile_rx.changed() => Work::Volatile(volatile_rx.borrow_and_update().clone()),
-        };
-        let mut batch = match work {
-            Work::Packets(packets) => {
-                if let Some(due) = next_write.filter(|due| *due > tokio::time::Instant::now()) {
-                    tokio::select! {
-                        biased;
-                        _ = &mut cancelled => break,
-                        _ = tokio::time::sleep_until(due) => {}
-                    }
-                }
-                Some(packets)
+    // Forward packets until the queue is closed (with the session) and drained.
+    while let Some(item) = rx.next_item().await {
+        if let (queue::Item::Queued(_), Some(due)) = (&item, next_write)
+            && due > tokio::time::Instant::now()
+        {
+            tokio::select! {
+                biased;
+                () = rx.closed() => {}
+                () = tokio::time::sleep_until(due) => {}
             }
-            Work::Volatile(packets) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "ws volatile flush: {:?} packets", packets.as_ref().map(|p| p.len()));
-                packets
-            }
-        };
+        }
         // Everything queued by now goes out in this write.
+        let mut batch = Some(item.into_inner());
         while let Some(packets) = batch.take() {
             for packet in packets {
                 let Some(message) = to_message(packet, socket.protocol) else {
@@ -406,7 +378,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                     tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
                 }
             }
-            batch = buffered_rx.try_recv().ok();
+            batch = rx.try_recv().ok();
         }
 
         #[cfg(feature = "tracing")]
@@ -669,7 +641,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_writer_waiting_out_its_interval_stops_with_the_session() {
+    async fn a_writer_waiting_out_its_interval_sends_what_is_queued_and_stops_when_the_session_ends()
+     {
         let socket = socket();
         let (server, mut client) = ws_pair().await;
         let (tx, _rx) = server.split();
@@ -683,7 +656,11 @@ mod tests {
         socket.emit(Str::from("b")).unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
 
+        // What the engine does when the session ends.
         socket.cancellation_token.cancel();
+        socket.internal_tx.close();
+        // What was queued still goes out, at once, and the writer stops.
+        assert_eq!(next_text(&mut client).await, Message::text("4b"));
         tokio::time::timeout(TIMEOUT, writer)
             .await
             .expect("the writer should stop without waiting out the interval")
