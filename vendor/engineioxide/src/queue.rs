@@ -524,7 +524,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), rx.closed())
             .await
             .unwrap();
-        assert!(matches!(rx.next_item().await, None));
+        assert!(rx.next_item().await.is_none());
         closer.await.unwrap();
     }
 }
