@@ -317,14 +317,61 @@ fn to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Message> {
     }
 }
 
+/// Decides whether a socket's next write waits for more packets (live-realtime fork).
+///
+/// Pure: time is passed in. Tracks the packet rate seen by recent writes (an exponentially
+/// weighted average of packets per second between consecutive writes) and holds a write back
+/// until `interval` after the previous one only when that rate predicts at least one more
+/// packet in the time held.
+#[derive(Debug, Clone)]
+struct Coalescer {
+    interval: std::time::Duration,
+    last_write: Option<tokio::time::Instant>,
+    /// Packets per second, smoothed over recent writes.
+    rate: f64,
+}
+
+impl Coalescer {
+    fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            last_write: None,
+            rate: 0.0,
+        }
+    }
+
+    /// When a packet arriving at `now` should be written: `None` for at once.
+    fn hold_until(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let due = self.last_write? + self.interval;
+        let held = due.checked_duration_since(now)?;
+        (self.rate * held.as_secs_f64() >= 1.0).then_some(due)
+    }
+
+    /// Records a write of `packets` packets that finished at `now`.
+    fn wrote(&mut self, now: tokio::time::Instant, packets: usize) {
+        if self.interval.is_zero() {
+            return;
+        }
+        if let Some(last) = self.last_write {
+            // At least a millisecond, so a burst written back to back does not read as an
+            // unbounded rate.
+            let elapsed = now.duration_since(last).as_secs_f64().max(0.001);
+            self.rate = 0.5 * self.rate + 0.5 * (packets as f64 / elapsed);
+        }
+        self.last_write = Some(now);
+    }
+}
+
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained.
 ///
-/// With a non-zero `coalesce` interval (live-realtime fork), a socket that was written less
-/// than `coalesce` ago waits for the rest of the interval before draining the channel, so
-/// a busy socket is written (one `send` syscall) at most once per interval, whatever its
-/// packet rate; a packet that arrives after a quiet interval still leaves at once.
+/// With a non-zero `coalesce` interval (live-realtime fork), a busy socket is written (one
+/// `send` syscall) at most once per interval. A packet that finds the socket written less than
+/// `coalesce` ago waits for the rest of the interval only when the socket's recent packet rate
+/// says at least one more packet will arrive meanwhile ([`Coalescer`]); otherwise (a quiet
+/// socket, or one whose packets come about one per interval) it leaves at once, so coalescing
+/// adds latency only where it saves writes.
 ///
 /// Live-realtime fork: the writer waits on its queue alone (volatile packets share it, and the
 /// engine closes it with the session), so a wake-up costs one lock instead of polling three
@@ -352,13 +399,12 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     };
     let rx = &mut internal_rx.buffered_rx;
 
-    // When the next write may happen; `None` means at once.
-    let mut next_write: Option<tokio::time::Instant> = None;
+    let mut coalescer = Coalescer::new(coalesce);
 
     // Forward packets until the queue is closed (with the session) and drained.
     while let Some(item) = rx.next_item().await {
-        if let (queue::Item::Queued(_), Some(due)) = (&item, next_write)
-            && due > tokio::time::Instant::now()
+        if matches!(item, queue::Item::Queued(_))
+            && let Some(due) = coalescer.hold_until(tokio::time::Instant::now())
         {
             tokio::select! {
                 biased;
@@ -367,12 +413,14 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             }
         }
         // Everything queued by now goes out in this write.
+        let mut written = 0;
         let mut batch = Some(item.into_inner());
         while let Some(packets) = batch.take() {
             for packet in packets {
                 let Some(message) = to_message(packet, socket.protocol) else {
                     continue;
                 };
+                written += 1;
                 if let Err(_e) = tx.feed(message).await {
                     #[cfg(feature = "tracing")]
                     tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
@@ -384,9 +432,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");
         tx.flush().await.ok();
-        if !coalesce.is_zero() {
-            next_write = Some(tokio::time::Instant::now() + coalesce);
-        }
+        coalescer.wrote(tokio::time::Instant::now(), written);
     }
 
     #[cfg(feature = "tracing")]
@@ -618,26 +664,55 @@ mod tests {
             tx,
             interval,
         ));
+        let reader = tokio::spawn(async move {
+            let mut arrivals = Vec::new();
+            while let Some(Ok(msg)) = client.next().await {
+                arrivals.push((tokio::time::Instant::now(), msg));
+                if arrivals.len() == 41 {
+                    break;
+                }
+            }
+            arrivals
+        });
 
-        // A quiet socket is written at once.
+        // 40 packets, one every 5 ms (200 per second), then one after a quiet spell.
         let start = tokio::time::Instant::now();
-        socket.emit(Str::from("a")).unwrap();
-        assert_eq!(next_text(&mut client).await, Message::text("4a"));
-        assert!(start.elapsed() < interval);
-
-        // Packets queued within the interval wait for it, then leave together.
-        socket.emit(Str::from("b")).unwrap();
-        socket.emit(Str::from("c")).unwrap();
-        assert_eq!(next_text(&mut client).await, Message::text("4b"));
-        assert!(start.elapsed() >= interval);
-        assert_eq!(next_text(&mut client).await, Message::text("4c"));
-
-        // After a quiet interval the next packet is not held back.
-        tokio::time::sleep(interval * 2).await;
+        let mut sent = Vec::new();
+        for i in 0..40 {
+            sent.push(tokio::time::Instant::now());
+            socket.emit(Str::from(i.to_string())).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(interval * 3).await;
         let quiet = tokio::time::Instant::now();
-        socket.emit(Str::from("d")).unwrap();
-        assert_eq!(next_text(&mut client).await, Message::text("4d"));
-        assert!(quiet.elapsed() < interval);
+        socket.emit(Str::from("quiet")).unwrap();
+
+        let arrivals = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        let texts: Vec<_> = arrivals.iter().map(|(_, m)| m.clone()).collect();
+        let expected: Vec<_> = (0..40)
+            .map(|i| Message::text(format!("4{i}")))
+            .chain([Message::text("4quiet")])
+            .collect();
+        assert_eq!(texts, expected, "every packet, in order");
+        // Packets leave in a few writes rather than 40 ...
+        let mut writes: Vec<_> = arrivals[..40].iter().map(|(at, _)| *at).collect();
+        writes.dedup();
+        assert!(writes.len() <= 12, "{} writes for 40 packets", writes.len());
+        assert!(
+            writes.len() >= (200 / 50) as usize - 1,
+            "{} writes",
+            writes.len()
+        );
+        // ... none held longer than the interval ...
+        for ((at, _), sent) in arrivals[..40].iter().zip(&sent) {
+            assert!(*at - *sent <= interval, "held {:?}", *at - *sent);
+        }
+        // ... and a packet to a quiet socket is not held at all.
+        assert_eq!(arrivals[40].0, quiet);
+        assert!(arrivals[0].0 == start, "the first packet leaves at once");
     }
 
     #[tokio::test(start_paused = true)]
@@ -665,5 +740,42 @@ mod tests {
             .await
             .expect("the writer should stop without waiting out the interval")
             .unwrap();
+    }
+
+    #[test]
+    fn the_coalescer_holds_writes_only_when_more_packets_are_expected() {
+        let start = tokio::time::Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        let interval = Duration::from_millis(20);
+
+        // Disabled: never holds.
+        let mut off = Coalescer::new(Duration::ZERO);
+        off.wrote(ms(0), 1);
+        off.wrote(ms(1), 50);
+        assert_eq!(off.hold_until(ms(2)), None);
+
+        // A socket fed every 5 ms (200 packets/s): after a few writes it is held to one
+        // write per interval.
+        let mut busy = Coalescer::new(interval);
+        assert_eq!(busy.hold_until(ms(0)), None, "first packet leaves at once");
+        for t in (0..=40).step_by(5) {
+            busy.wrote(ms(t), 1);
+        }
+        assert_eq!(busy.hold_until(ms(45)), Some(ms(60)));
+        // A packet after a quiet interval is not held.
+        assert_eq!(busy.hold_until(ms(61)), None);
+
+        // A socket fed every 20 ms (50 packets/s): the next packet is due about when the
+        // interval ends, so holding would add latency and save nothing.
+        let mut steady = Coalescer::new(interval);
+        for t in (0..=200).step_by(20) {
+            steady.wrote(ms(t), 1);
+        }
+        assert_eq!(steady.hold_until(ms(219)), None);
+        assert_eq!(
+            steady.hold_until(ms(201)),
+            None,
+            "0.05 packets/ms * 19 ms < 1"
+        );
     }
 }
