@@ -3,7 +3,7 @@
 //! Upstream used a `tokio::sync::mpsc` channel per socket. Its storage is a linked list of
 //! blocks of 32 slots that are allocated up front and kept for the channel's life, which cost an
 //! idle socket about 10 KB (two blocks of 32 `PacketBuf`s). This queue is a `VecDeque` behind a
-//! mutex: it grows with the backlog and frees its memory whenever it drains. It keeps
+//! mutex: it grows with the backlog, and its writer frees the storage once an idle socket has drained. It keeps
 //! the parts of the mpsc API the engine uses, with the same semantics: a capacity shared by
 //! queued packets and outstanding permits, `Full`/`Closed` errors that hand the value back, a
 //! receiver that sees `None` once it is closed and drained or the sender is gone, and a sender
@@ -24,6 +24,9 @@ use tokio::sync::{
     mpsc::error::{TryRecvError, TrySendError},
 };
 
+// `repr(C)` keeps the fields every send touches together at the front: a broadcast touches one
+// queue per member, and a cold cache line per field would cost more than the lock.
+#[repr(C)]
 struct State<T> {
     items: VecDeque<T>,
     /// Slots promised to outstanding [`Permit`]s.
@@ -37,11 +40,13 @@ struct State<T> {
     space_waiters: usize,
     /// A value that bypasses the capacity and replaces any previous one not yet taken
     /// (engine.io "volatile" packets: latest wins, may be dropped).
-    volatile: Option<T>,
+    /// Boxed: it is rare, and inline it would push the hot fields apart.
+    volatile: Option<Box<T>>,
     /// Woken when the queue closes, for a receiver that waits without taking values.
     closed_waker: Option<Waker>,
 }
 
+#[repr(C)]
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
@@ -183,7 +188,7 @@ impl<T> Sender<T> {
         if state.rx_closed {
             return false;
         }
-        state.volatile = Some(value);
+        state.volatile = Some(Box::new(value));
         let waker = state.rx_waker.take();
         drop(state);
         if let Some(waker) = waker {
@@ -283,11 +288,6 @@ impl<T> Receiver<T> {
             return Err(state);
         };
         let waiting = state.space_waiters > 0;
-        if state.items.is_empty() {
-            // An idle socket holds nothing; the next packet allocates again (one allocation
-            // per burst, against a `send(2)` per burst on the write side).
-            state.items = VecDeque::new();
-        }
         drop(state);
         if waiting {
             self.0.space.notify_waiters();
@@ -319,7 +319,7 @@ impl<T> Receiver<T> {
             Err(state) => state,
         };
         if let Some(value) = state.volatile.take() {
-            return Poll::Ready(Some(Item::Volatile(value)));
+            return Poll::Ready(Some(Item::Volatile(*value)));
         }
         if state.rx_closed || state.tx_dropped {
             return Poll::Ready(None);
@@ -343,7 +343,10 @@ impl<T> Receiver<T> {
             if state.rx_closed || state.tx_dropped {
                 return Poll::Ready(());
             }
-            state.closed_waker = Some(cx.waker().clone());
+            match &mut state.closed_waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
             Poll::Pending
         })
         .await
@@ -360,6 +363,16 @@ impl<T> Receiver<T> {
             Ok(value) => Ok(value),
             Err(state) if state.rx_closed || state.tx_dropped => Err(TryRecvError::Disconnected),
             Err(_) => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Frees the queue's storage if it is empty. The writer calls this after a write unless
+    /// the socket is busy, so an idle socket holds no memory while a busy one does not pay an
+    /// allocation per write.
+    pub(crate) fn shrink_if_empty(&mut self) {
+        let mut state = self.0.lock();
+        if state.items.is_empty() && state.items.capacity() > 0 {
+            state.items = VecDeque::new();
         }
     }
 
@@ -394,7 +407,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn an_empty_queue_holds_no_allocation_and_gives_back_a_drained_burst() {
+    fn an_empty_queue_holds_no_allocation_and_a_drained_one_gives_its_storage_back_on_request() {
         let (tx, mut rx) = channel::<u64>(1024);
         assert_eq!(tx.0.lock().items.capacity(), 0);
         for i in 0..500 {
@@ -404,8 +417,10 @@ mod tests {
         for i in 0..500 {
             assert_eq!(rx.try_recv().unwrap(), i);
         }
-        assert_eq!(tx.0.lock().items.capacity(), 0);
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert!(tx.0.lock().items.capacity() >= 500, "kept until asked");
+        rx.shrink_if_empty();
+        assert_eq!(tx.0.lock().items.capacity(), 0);
     }
 
     #[test]

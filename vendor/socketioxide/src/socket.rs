@@ -744,6 +744,18 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
     pub(crate) fn send_raw(&self, value: Value) -> Result<(), SocketError> {
+        // Broadcasts end here once per member. A plain text packet is queued in one step
+        // instead of reserve-then-send, which took the socket queue's lock twice
+        // (live-realtime fork).
+        let value = match value {
+            Value::Str(msg, None) => {
+                return self.esocket.emit(msg).map_err(|e| match e {
+                    TrySendError::Full(_) => SocketError::InternalChannelFull,
+                    TrySendError::Closed(_) => SocketError::Closed,
+                });
+            }
+            value => value,
+        };
         let permit = self.reserve()?;
         permit.send_raw(value);
         Ok(())

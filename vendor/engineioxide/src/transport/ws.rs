@@ -347,6 +347,12 @@ impl Coalescer {
         (self.rate * held.as_secs_f64() >= 1.0).then_some(due)
     }
 
+    /// True while the socket gets about one packet per interval or more: its queue is kept
+    /// allocated between writes rather than freed and allocated again each time.
+    fn busy(&self) -> bool {
+        self.rate * self.interval.as_secs_f64() >= 1.0
+    }
+
     /// Records a write of `packets` packets that finished at `now`.
     fn wrote(&mut self, now: tokio::time::Instant, packets: usize) {
         if self.interval.is_zero() {
@@ -433,6 +439,9 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::trace!(sid = %socket.id, "ws flush");
         tx.flush().await.ok();
         coalescer.wrote(tokio::time::Instant::now(), written);
+        if !coalescer.busy() {
+            rx.shrink_if_empty();
+        }
     }
 
     #[cfg(feature = "tracing")]
