@@ -24,6 +24,9 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// Origin of the write-coalescing windows shared by every socket (live-realtime fork).
+    pub(crate) write_epoch: tokio::time::Instant,
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -33,6 +36,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
             sockets: RwLock::new(HashMap::new()),
             config,
             handler,
+            write_epoch: tokio::time::Instant::now(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use bytes::{BufMut, BytesMut};
 use futures_util::{
     SinkExt, StreamExt, TryStreamExt,
     stream::{SplitSink, SplitStream},
@@ -201,7 +202,7 @@ where
     tokio::spawn(forward_to_socket::<H, S>(
         socket.clone(),
         tx,
-        engine.config.ws_write_coalesce,
+        Coalescer::new(engine.config.ws_write_coalesce, engine.write_epoch),
     ));
     Ok((socket, rx))
 }
@@ -292,8 +293,25 @@ where
 }
 
 /// Maps a packet to its websocket message; `None` for packets that are not sent.
-fn to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Message> {
+///
+/// Message packets, one per member of every broadcast, are framed in `scratch`, whose storage
+/// comes back once tungstenite has copied the frame out (live-realtime fork: upstream built a
+/// new `String` per packet per socket).
+fn to_message(
+    packet: Packet,
+    protocol: ProtocolVersion,
+    scratch: &mut BytesMut,
+) -> Option<Message> {
     match packet {
+        Packet::Message(msg) => {
+            scratch.reserve(1 + msg.len());
+            scratch.put_u8(b'4');
+            scratch.extend_from_slice(msg.as_bytes());
+            // SAFETY: an ASCII digit followed by a `str` is valid UTF-8.
+            Some(Message::Text(unsafe {
+                tungstenite::Utf8Bytes::from_bytes_unchecked(scratch.split().freeze())
+            }))
+        }
         Packet::Binary(bin) | Packet::BinaryV3(bin) => {
             if protocol == ProtocolVersion::V3 {
                 // v3 protocol requires packet type as the first byte.
@@ -319,22 +337,27 @@ fn to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Message> {
 
 /// Decides whether a socket's next write waits for more packets (live-realtime fork).
 ///
-/// Pure: time is passed in. Tracks the packet rate seen by recent writes (an exponentially
-/// weighted average of packets per second between consecutive writes) and holds a write back
-/// until `interval` after the previous one only when that rate predicts at least one more
-/// packet in the time held.
+/// Pure: time is passed in. Time is cut into windows of `interval` from a common `epoch`, and a
+/// socket is written at most once per window: a packet that finds the socket already written
+/// in the current window is held until the next window starts, but only when the packet rate
+/// seen by recent writes (an exponentially weighted average between consecutive writes)
+/// predicts at least one more packet in the time held. Aligned windows make every member of a
+/// busy channel write the same packets at the same tick: full batches, and one timer wheel
+/// slot for all of them.
 #[derive(Debug, Clone)]
 struct Coalescer {
     interval: std::time::Duration,
+    epoch: tokio::time::Instant,
     last_write: Option<tokio::time::Instant>,
     /// Packets per second, smoothed over recent writes.
     rate: f64,
 }
 
 impl Coalescer {
-    fn new(interval: std::time::Duration) -> Self {
+    fn new(interval: std::time::Duration, epoch: tokio::time::Instant) -> Self {
         Self {
             interval,
+            epoch,
             last_write: None,
             rate: 0.0,
         }
@@ -342,8 +365,13 @@ impl Coalescer {
 
     /// When a packet arriving at `now` should be written: `None` for at once.
     fn hold_until(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        let due = self.last_write? + self.interval;
-        let held = due.checked_duration_since(now)?;
+        if self.interval.is_zero() {
+            return None;
+        }
+        let since_epoch = self.last_write?.checked_duration_since(self.epoch)?;
+        let window = since_epoch.as_nanos() / self.interval.as_nanos();
+        let due = self.epoch + self.interval.checked_mul(u32::try_from(window + 1).ok()?)?;
+        let held = due.checked_duration_since(now).filter(|h| !h.is_zero())?;
         (self.rate * held.as_secs_f64() >= 1.0).then_some(due)
     }
 
@@ -386,7 +414,7 @@ impl Coalescer {
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
-    coalesce: std::time::Duration,
+    mut coalescer: Coalescer,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -405,17 +433,18 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     };
     let rx = &mut internal_rx.buffered_rx;
 
-    let mut coalescer = Coalescer::new(coalesce);
+    let mut scratch = BytesMut::new();
 
     // Forward packets until the queue is closed (with the session) and drained.
     while let Some(item) = rx.next_item().await {
         if matches!(item, queue::Item::Queued(_))
             && let Some(due) = coalescer.hold_until(tokio::time::Instant::now())
         {
+            // The timer first: when it fires, the queue's lock is not taken again.
             tokio::select! {
                 biased;
-                () = rx.closed() => {}
                 () = tokio::time::sleep_until(due) => {}
+                () = rx.closed() => {}
             }
         }
         // Everything queued by now goes out in this write.
@@ -423,7 +452,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         let mut batch = Some(item.into_inner());
         while let Some(packets) = batch.take() {
             for packet in packets {
-                let Some(message) = to_message(packet, socket.protocol) else {
+                let Some(message) = to_message(packet, socket.protocol, &mut scratch) else {
                     continue;
                 };
                 written += 1;
@@ -441,6 +470,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         coalescer.wrote(tokio::time::Instant::now(), written);
         if !coalescer.busy() {
             rx.shrink_if_empty();
+            scratch = BytesMut::new();
         }
     }
 
@@ -618,7 +648,7 @@ mod tests {
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
             tx,
-            Duration::ZERO,
+            Coalescer::new(Duration::ZERO, tokio::time::Instant::now()),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -643,7 +673,7 @@ mod tests {
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
             tx,
-            Duration::ZERO,
+            Coalescer::new(Duration::ZERO, tokio::time::Instant::now()),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
@@ -671,7 +701,7 @@ mod tests {
         tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
             tx,
-            interval,
+            Coalescer::new(interval, tokio::time::Instant::now()),
         ));
         let reader = tokio::spawn(async move {
             let mut arrivals = Vec::new();
@@ -733,7 +763,7 @@ mod tests {
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
             tx,
-            Duration::from_secs(3600),
+            Coalescer::new(Duration::from_secs(3600), tokio::time::Instant::now()),
         ));
         socket.emit(Str::from("a")).unwrap();
         assert_eq!(next_text(&mut client).await, Message::text("4a"));
@@ -758,25 +788,29 @@ mod tests {
         let interval = Duration::from_millis(20);
 
         // Disabled: never holds.
-        let mut off = Coalescer::new(Duration::ZERO);
+        let mut off = Coalescer::new(Duration::ZERO, start);
         off.wrote(ms(0), 1);
         off.wrote(ms(1), 50);
         assert_eq!(off.hold_until(ms(2)), None);
 
         // A socket fed every 5 ms (200 packets/s): after a few writes it is held to one
         // write per interval.
-        let mut busy = Coalescer::new(interval);
+        let mut busy = Coalescer::new(interval, start);
         assert_eq!(busy.hold_until(ms(0)), None, "first packet leaves at once");
         for t in (0..=40).step_by(5) {
             busy.wrote(ms(t), 1);
         }
+        // Last written at 40 ms, in the window [40, 60): held until the next one starts.
         assert_eq!(busy.hold_until(ms(45)), Some(ms(60)));
-        // A packet after a quiet interval is not held.
+        // Windows are aligned to the epoch, not to the last write.
+        busy.wrote(ms(47), 1);
+        assert_eq!(busy.hold_until(ms(48)), Some(ms(60)));
+        // A packet after a quiet window is not held.
         assert_eq!(busy.hold_until(ms(61)), None);
 
         // A socket fed every 20 ms (50 packets/s): the next packet is due about when the
         // interval ends, so holding would add latency and save nothing.
-        let mut steady = Coalescer::new(interval);
+        let mut steady = Coalescer::new(interval, start);
         for t in (0..=200).step_by(20) {
             steady.wrote(ms(t), 1);
         }
