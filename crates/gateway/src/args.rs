@@ -89,11 +89,12 @@ pub struct Args {
     #[arg(long, env = "LIVE_SOCKET_BUFFER_PACKETS", default_value_t = 1024)]
     pub socket_buffer_packets: usize,
 
-    /// Shortest time between two writes to one WebSocket, in milliseconds. A message to a quiet
-    /// socket leaves at once; messages to a socket written less than this long ago wait for the
-    /// rest of the interval and leave together in one write. Trades at most this much added
-    /// latency for fewer syscalls in busy channels; 0 writes on every wake-up.
-    #[arg(long, env = "LIVE_WS_WRITE_COALESCE_MS", default_value_t = 0)]
+    /// Write-coalescing window for busy WebSockets, in milliseconds. A socket that receives
+    /// several messages per window is written once per window (windows are aligned across
+    /// sockets), so a hot channel costs one `send` per member per window instead of one per
+    /// message, for at most this much added latency. A quiet socket, or one receiving about a
+    /// message per window or less, is written at once. 0 writes on every wake-up.
+    #[arg(long, env = "LIVE_WS_WRITE_COALESCE_MS", default_value_t = 20)]
     pub ws_write_coalesce_ms: u64,
 
     /// Log format: text or json.
@@ -302,6 +303,20 @@ mod tests {
         let a = args(&["--dev", "--jwt-secret", "mine"]);
         let s = a.settings(no_dev).unwrap();
         assert!(matches!(s.key, KeyMaterial::Hs256Secret(k) if k == "mine"));
+    }
+
+    #[test]
+    fn write_coalescing_defaults_to_20_ms_and_is_capped_at_a_second() {
+        let s = args(&["--jwt-secret", "s"]).settings(no_dev).unwrap();
+        assert_eq!(s.ws_write_coalesce, Duration::from_millis(20));
+        let s = args(&["--jwt-secret", "s", "--ws-write-coalesce-ms", "0"])
+            .settings(no_dev)
+            .unwrap();
+        assert_eq!(s.ws_write_coalesce, Duration::ZERO);
+        let s = args(&["--jwt-secret", "s", "--ws-write-coalesce-ms", "60000"])
+            .settings(no_dev)
+            .unwrap();
+        assert_eq!(s.ws_write_coalesce, Duration::from_secs(1));
     }
 
     #[test]
