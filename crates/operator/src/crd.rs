@@ -153,6 +153,11 @@ pub struct LiveRealtimeSpec {
     // At least 1: a zero-second sleep action needs a feature gate on Kubernetes < 1.34.
     #[schemars(range(min = 1, max = 300))]
     pub pre_stop_sleep_seconds: i64,
+    /// WebSocket write-coalescing window in milliseconds (`LIVE_WS_WRITE_COALESCE_MS`). Empty:
+    /// the gateway's default, 20. 0 turns coalescing off. Changing it restarts the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub write_coalesce_ms: Option<i64>,
     /// Pod grace period. Empty: `drainSeconds + preStopSleepSeconds + 15`. Must be larger than
     /// `drainSeconds + preStopSleepSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

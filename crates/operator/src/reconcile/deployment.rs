@@ -301,6 +301,9 @@ fn env(lr: &LiveRealtime) -> Vec<EnvVar> {
             ..EnvVar::default()
         },
     ];
+    if let Some(window) = spec.write_coalesce_ms {
+        env.push(value("LIVE_WS_WRITE_COALESCE_MS", window.to_string()));
+    }
     if let Some(secret) = &spec.jwt_secret_ref {
         env.push(from_secret("JWT_SECRET", secret));
     }
@@ -409,6 +412,24 @@ mod tests {
         assert!(names.contains(&"JWT_ALGORITHM".to_owned()));
         assert!(!names.contains(&"JWT_SECRET".to_owned()));
         assert!(names.contains(&"REDIS_URL".to_owned()));
+    }
+
+    #[test]
+    fn the_write_coalescing_window_is_passed_only_when_set() {
+        let d = desired(&LiveRealtime::test());
+        assert!(!env_names(&d).contains(&"LIVE_WS_WRITE_COALESCE_MS".to_owned()));
+        let mut lr = LiveRealtime::test();
+        lr.spec.write_coalesce_ms = Some(0);
+        let d = desired(&lr);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let var = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "LIVE_WS_WRITE_COALESCE_MS")
+            .cloned()
+            .unwrap();
+        assert_eq!(var.value.as_deref(), Some("0"));
     }
 
     #[test]
