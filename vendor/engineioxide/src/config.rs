@@ -84,12 +84,13 @@ pub struct EngineIoConfig {
     /// to prevent memory eating by a malicious user.
     pub ws_max_frame_size: usize,
 
-    /// The shortest time between two writes to one websocket (live-realtime fork).
+    /// The websocket write-coalescing window (live-realtime fork).
     ///
-    /// A packet queued after the socket has been quiet for this long is written at once; packets
-    /// queued sooner wait until the interval has passed and then leave together in one write,
-    /// so a busy socket costs one `send` syscall per interval instead of one per packet.
-    /// Zero (the default) writes every time the writer task wakes up, as upstream does.
+    /// Time is cut into windows of this length, aligned across sockets. A socket whose recent
+    /// writes show more than one packet per window is written at most once per window, at the
+    /// start of the next one, so a busy socket costs one `send` syscall per window instead of
+    /// one per packet. A quiet socket, or one getting about one packet per window, is written
+    /// at once. Zero (the default) writes every time the writer task wakes up, as upstream does.
     pub ws_write_coalesce: Duration,
 
     /// Allowed transports on this server
@@ -229,8 +230,8 @@ impl EngineIoConfigBuilder {
         self
     }
 
-    /// The shortest time between two writes to one websocket; see
-    /// [`EngineIoConfig::ws_write_coalesce`]. Defaults to zero (no coalescing).
+    /// The websocket write-coalescing window; see [`EngineIoConfig::ws_write_coalesce`].
+    /// Defaults to zero (no coalescing).
     pub fn ws_write_coalesce(mut self, interval: Duration) -> Self {
         self.config.ws_write_coalesce = interval;
         self

@@ -3,11 +3,12 @@
 //! Upstream used a `tokio::sync::mpsc` channel per socket. Its storage is a linked list of
 //! blocks of 32 slots that are allocated up front and kept for the channel's life, which cost an
 //! idle socket about 10 KB (two blocks of 32 `PacketBuf`s). This queue is a `VecDeque` behind a
-//! mutex: it grows with the backlog, and its writer frees the storage once an idle socket has drained. It keeps
-//! the parts of the mpsc API the engine uses, with the same semantics: a capacity shared by
-//! queued packets and outstanding permits, `Full`/`Closed` errors that hand the value back, a
-//! receiver that sees `None` once it is closed and drained or the sender is gone, and a sender
-//! that can wait for the receiver to close.
+//! mutex: it grows with the backlog, and the writer frees the storage once an idle socket has
+//! drained. It keeps the parts of the mpsc API the engine uses, with the same semantics: a
+//! capacity shared by queued packets and outstanding permits, `Full`/`Closed` errors that hand
+//! the value back, a receiver that sees `None` once it is closed and drained or the sender is
+//! gone, and a sender that can wait for the receiver to close. It also holds the socket's one
+//! volatile slot (latest wins), which had a `watch` channel of its own upstream.
 //!
 //! Each side is touched by one task at a time (the emitting handler, the socket's writer), so
 //! the lock is uncontended and cheaper than the channel's atomics in practice.

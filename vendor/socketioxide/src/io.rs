@@ -227,9 +227,9 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
-    /// The shortest time between two writes to one websocket (live-realtime fork): packets
-    /// queued within this interval of the previous write leave together in one write.
-    /// Defaults to zero (no coalescing).
+    /// The websocket write-coalescing window (live-realtime fork): a socket receiving more
+    /// than one packet per window is written at most once per window. Defaults to zero (no
+    /// coalescing). See `engineioxide::config::EngineIoConfig::ws_write_coalesce`.
     #[inline]
     pub fn ws_write_coalesce(mut self, interval: Duration) -> Self {
         self.engine_config_builder = self.engine_config_builder.ws_write_coalesce(interval);

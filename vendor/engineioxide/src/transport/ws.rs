@@ -400,12 +400,12 @@ impl Coalescer {
 ///
 /// The websocket stream is flushed only when the internal channel is drained.
 ///
-/// With a non-zero `coalesce` interval (live-realtime fork), a busy socket is written (one
-/// `send` syscall) at most once per interval. A packet that finds the socket written less than
-/// `coalesce` ago waits for the rest of the interval only when the socket's recent packet rate
-/// says at least one more packet will arrive meanwhile ([`Coalescer`]); otherwise (a quiet
-/// socket, or one whose packets come about one per interval) it leaves at once, so coalescing
-/// adds latency only where it saves writes.
+/// With a non-zero coalescing window (live-realtime fork), a busy socket is written (one
+/// `send` syscall) at most once per window: a packet that finds the socket already written in
+/// the current window waits for the next one only when the socket's recent traffic says at
+/// least one more packet will arrive meanwhile ([`Coalescer`]); otherwise (a quiet socket, or
+/// one whose packets come about one per window) it leaves at once, so coalescing adds latency
+/// only where it saves writes.
 ///
 /// Live-realtime fork: the writer waits on its queue alone (volatile packets share it, and the
 /// engine closes it with the session), so a wake-up costs one lock instead of polling three
