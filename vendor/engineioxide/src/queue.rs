@@ -57,6 +57,31 @@ struct Shared<T> {
     closed: Notify,
 }
 
+impl<T> State<T> {
+    /// No more values will come: closed, or the sender is gone.
+    fn ended(&self) -> bool {
+        self.rx_closed || self.tx_dropped
+    }
+}
+
+/// Stores `cx`'s waker in `slot` unless the one there already wakes the same task.
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// Releases the lock, then wakes the receiver if it waits (outside the lock, so the woken task
+/// never finds it held).
+fn unlock_and_wake_receiver<T>(mut state: MutexGuard<'_, State<T>>) {
+    let waker = state.rx_waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl<T> Shared<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // A panic while holding this lock cannot leave the queue inconsistent (every update is
@@ -134,11 +159,7 @@ impl<T> Sender<T> {
             return Err(TrySendError::Full(value));
         }
         state.items.push_back(value);
-        let waker = state.rx_waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        unlock_and_wake_receiver(state);
         Ok(())
     }
 
@@ -190,11 +211,7 @@ impl<T> Sender<T> {
             return false;
         }
         state.volatile = Some(Box::new(value));
-        let waker = state.rx_waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        unlock_and_wake_receiver(state);
         true
     }
 
@@ -227,11 +244,7 @@ impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.tx_dropped = true;
-        let waker = state.rx_waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        unlock_and_wake_receiver(state);
     }
 }
 
@@ -255,13 +268,9 @@ impl<T> Permit<'_, T> {
         // A permit taken before the receiver closed may still deliver into the queue, as
         // with tokio's channel; the receiver drops it when it is dropped.
         state.items.push_back(value);
-        let waker = state.rx_waker.take();
-        drop(state);
+        unlock_and_wake_receiver(state);
         // `send` consumed the reservation; do not release it twice.
         std::mem::forget(self);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
     }
 }
 
@@ -296,20 +305,21 @@ impl<T> Receiver<T> {
         Ok(value)
     }
 
-    /// Takes the next value, if one is queued, registering `cx` to be woken otherwise.
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let mut state = match self.pop() {
-            Ok(value) => return Poll::Ready(Some(value)),
-            Err(state) => state,
-        };
-        if state.rx_closed || state.tx_dropped {
+    /// With nothing to take: the end if the queue has ended, else `cx` registered to be woken.
+    fn end_or_wait<R>(mut state: MutexGuard<'_, State<T>>, cx: &Context<'_>) -> Poll<Option<R>> {
+        if state.ended() {
             return Poll::Ready(None);
         }
-        match &mut state.rx_waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        register(&mut state.rx_waker, cx);
         Poll::Pending
+    }
+
+    /// Takes the next value, if one is queued, registering `cx` to be woken otherwise.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        match self.pop() {
+            Ok(value) => Poll::Ready(Some(value)),
+            Err(state) => Self::end_or_wait(state, cx),
+        }
     }
 
     /// Takes the next queued value, else the volatile one, registering `cx` to be woken
@@ -322,14 +332,7 @@ impl<T> Receiver<T> {
         if let Some(value) = state.volatile.take() {
             return Poll::Ready(Some(Item::Volatile(*value)));
         }
-        if state.rx_closed || state.tx_dropped {
-            return Poll::Ready(None);
-        }
-        match &mut state.rx_waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        Self::end_or_wait(state, cx)
     }
 
     /// Waits for the next queued or volatile value; `None` once closed and drained.
@@ -341,13 +344,10 @@ impl<T> Receiver<T> {
     pub(crate) async fn closed(&self) {
         poll_fn(|cx| {
             let mut state = self.0.lock();
-            if state.rx_closed || state.tx_dropped {
+            if state.ended() {
                 return Poll::Ready(());
             }
-            match &mut state.closed_waker {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
+            register(&mut state.closed_waker, cx);
             Poll::Pending
         })
         .await
@@ -362,7 +362,7 @@ impl<T> Receiver<T> {
     pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
         match self.pop() {
             Ok(value) => Ok(value),
-            Err(state) if state.rx_closed || state.tx_dropped => Err(TryRecvError::Disconnected),
+            Err(state) if state.ended() => Err(TryRecvError::Disconnected),
             Err(_) => Err(TryRecvError::Empty),
         }
     }
