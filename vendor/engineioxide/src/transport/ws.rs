@@ -69,38 +69,36 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     // The upgrade and the handshakes run once and are boxed, so the task that then lives as
     // long as the connection holds only the reader loop (live-realtime fork: the unboxed
     // future was 4.3 KB per connection).
-    let start = Box::pin(async move {
-        let conn = match hyper::upgrade::on(req).await {
-            Ok(conn) => hyper_util::rt::TokioIo::new(conn),
-            Err(_e) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("ws upgrade error: {}", _e);
-                return None;
-            }
-        };
-        Some(
-            match start_session(engine.clone(), conn, protocol, sid, parts).await {
-                Ok((socket, rx)) => Ok((engine, socket, rx)),
-                Err(e) => Err((engine, e)),
-            },
-        )
+    let start = Box::pin({
+        let engine = engine.clone();
+        async move {
+            let conn = match hyper::upgrade::on(req).await {
+                Ok(conn) => hyper_util::rt::TokioIo::new(conn),
+                Err(_e) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("ws upgrade error: {}", _e);
+                    return None;
+                }
+            };
+            Some(start_session(engine, conn, protocol, sid, parts).await)
+        }
     });
     tokio::spawn(async move {
         let res = match start.await {
             None => return,
-            Some(Ok((engine, socket, rx))) => {
+            Some(Ok((socket, rx))) => {
                 read_until_closed(&engine, rx, &socket).await;
                 Ok(())
             }
-            Some(Err((engine, e))) => Err((engine, e)),
+            Some(Err(e)) => Err(e),
         };
         match res {
             Ok(()) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(?sid, "ws closed")
             }
-            Err((_, Error::MultipleWebsocketRequests)) => {}
-            Err((engine, _e)) => {
+            Err(Error::MultipleWebsocketRequests) => {}
+            Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(?sid, "ws closed with error: {_e}");
                 if let Some(sid) = sid {
