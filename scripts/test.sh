@@ -54,8 +54,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace
 
-step "cargo build --workspace --bins (debug binaries for the end-to-end suites)"
-cargo build --workspace --bins
+step "cargo build --workspace --bins --tests (debug binaries for the end-to-end suites)"
+# `--tests` keeps the dev-dependencies' features (tokio's test-util, pulled in by tower-test's
+# tokio-test) that `cargo test` just built with; without it cargo resolves the features again
+# and rebuilds tokio and the ~48 crates above it.
+cargo build --workspace --bins --tests
 
 step "gateway end-to-end tests (official socket.io-client)"
 npm ci --prefix tests --no-audit --no-fund
