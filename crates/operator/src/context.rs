@@ -100,6 +100,23 @@ impl Context {
         }
     }
 
+    /// The same memory (applies, failures, discovery) on another client: a test reconciles
+    /// twice against a fresh mocked apiserver.
+    #[cfg(test)]
+    pub(crate) fn with_client(&self, client: Client) -> Self {
+        Self {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: MANAGER.to_owned(),
+                    instance: Some("test".to_owned()),
+                },
+            ),
+            client,
+            ..self.clone()
+        }
+    }
+
     /// The same context reading children from `caches`.
     pub fn with_caches(mut self, caches: Caches) -> Self {
         self.caches = Some(caches);

@@ -161,7 +161,7 @@ async fn reconcile_invalid(invalid: &InvalidObject, ctx: &Context) -> Result<Act
             "observedGeneration": meta.generation,
             "conditions": next,
         }});
-        let api: Api<LiveRealtime> = Api::namespaced(ctx.client.clone(), &ns);
+        // Not `Api<LiveRealtime>`: the response is the object it cannot decode.
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
             .await
             .map_err(Error::PatchStatus)?;

@@ -860,6 +860,41 @@ impl LiveRealtime {
     }
 }
 
+/// The CRD's CEL rules, compiled once to check many objects client-side (`render`, tests) the
+/// way the apiserver would. Compiling the rules of this large schema is the expensive part.
+pub struct CelRules(kube::core::cel::CompiledSchema);
+
+impl std::fmt::Debug for CelRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CelRules").finish_non_exhaustive()
+    }
+}
+
+impl CelRules {
+    /// Compiles the rules of the generated CRD.
+    pub fn new() -> Self {
+        let schema = LiveRealtime::crd().spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or_default();
+        Self(kube::core::cel::compile_schema(&schema))
+    }
+
+    /// Checks `lr` against every rule: `Err` carries the apiserver's messages.
+    pub fn check(&self, lr: &LiveRealtime) -> Result<(), String> {
+        let object = serde_json::to_value(lr).map_err(|e| e.to_string())?;
+        kube::core::cel::validate_compiled(&self.0, &object, None).map_err(|e| e.to_string())
+    }
+}
+
+impl Default for CelRules {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The CRD as YAML, exactly as committed in `crds/liverealtime.yaml`.
 pub fn crd_yaml() -> String {
     let crd = LiveRealtime::crd();
@@ -921,11 +956,22 @@ mod tests {
         }
     }
 
+    /// Compiled once for every test of this module.
+    static RULES: std::sync::LazyLock<CelRules> = std::sync::LazyLock::new(CelRules::new);
+
+    trait Check {
+        fn validate_cel(&self) -> Result<(), String>;
+    }
+
+    impl Check for LiveRealtime {
+        fn validate_cel(&self) -> Result<(), String> {
+            RULES.check(self)
+        }
+    }
+
     fn rejected(lr: &LiveRealtime, message: &str) {
-        let err = lr
-            .validate_cel()
-            .expect_err("the apiserver would refuse this");
-        assert!(err.to_string().contains(message), "{err}");
+        let err = Check::validate_cel(lr).expect_err("the apiserver would refuse this");
+        assert!(err.contains(message), "{err}");
     }
 
     #[test]
@@ -986,15 +1032,110 @@ mod tests {
     }
 
     #[test]
-    fn exactly_one_auth_method_is_required() {
+    fn an_auth_method_is_required_and_hs256_and_public_key_exclude_each_other() {
         rejected(
             &with(serde_json::json!({"jwtSecretRef": null})),
-            "set exactly one of jwtSecretRef",
+            "set jwtKeysSecretRef, or exactly one of",
         );
         rejected(
             &with(serde_json::json!({"jwtPublicKey": {"secretRef": {"name": "k", "key": "pem"}}})),
-            "set exactly one of jwtSecretRef",
+            "set jwtKeysSecretRef, or exactly one of",
         );
+        with(serde_json::json!({"jwtSecretRef": null, "jwtKeysSecretRef": {"name": "keys"}}))
+            .validate_cel()
+            .unwrap();
+        with(serde_json::json!({"jwtKeysSecretRef": {"name": "keys"}}))
+            .validate_cel()
+            .unwrap();
+    }
+
+    fn named(name: &str) -> LiveRealtime {
+        let mut lr = LiveRealtime::test();
+        lr.metadata.name = Some(name.to_owned());
+        lr
+    }
+
+    #[test]
+    fn names_that_would_derive_invalid_or_colliding_names_are_refused() {
+        let message = "metadata.name must be a DNS-1035 label";
+        for bad in [
+            "chat.v2",
+            "1chat",
+            "chat-redis",
+            "chat-admin",
+            "chat-config",
+            &"a".repeat(58),
+        ] {
+            rejected(&named(bad), message);
+        }
+        for good in ["chat", "a", "chat-redis-eu", &"a".repeat(57)] {
+            named(good).validate_cel().unwrap();
+        }
+    }
+
+    #[test]
+    fn the_name_rule_matches_the_derived_names() {
+        use crate::reconcile::names;
+        let crd = serde_json::to_string(&LiveRealtime::crd()).unwrap();
+        assert!(crd.contains(&format!(
+            "size(self.metadata.name) <= {}",
+            names::MAX_NAME_LEN
+        )));
+        for suffix in names::SUFFIXES {
+            assert!(crd.contains(&format!("endsWith('{suffix}')")), "{suffix}");
+        }
+    }
+
+    #[test]
+    fn every_redis_url_scheme_of_the_gateway_is_accepted() {
+        for url in [
+            "redis://r:6379",
+            "rediss://r:6380",
+            "redis-cluster://r:6379",
+            "rediss-cluster://r:6380",
+            "redis-sentinel://s:26379/0?sentinelServiceName=mymaster",
+            "rediss-sentinel://s:26379",
+        ] {
+            with(serde_json::json!({"redis": {"mode": "External", "url": url}}))
+                .validate_cel()
+                .unwrap();
+        }
+        rejected(
+            &with(serde_json::json!({"redis": {"mode": "External", "url": "redis+tls://r"}})),
+            "url must start with redis://",
+        );
+        rejected(
+            &with(serde_json::json!({"redis": {"mode": "Managed",
+                "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}}})),
+            "passwordSecretRef and tls are for External redis",
+        );
+    }
+
+    #[test]
+    fn operator_labels_volumes_and_container_names_are_reserved() {
+        rejected(
+            &with(serde_json::json!({"podTemplate": {"metadata":
+                {"labels": {"app.kubernetes.io/instance": "x"}}}})),
+            "labels are reserved",
+        );
+        rejected(
+            &with(serde_json::json!({"podTemplate": {"metadata":
+                {"annotations": {"realtime.halobuzz.com/restart-hash": "x"}}}})),
+            "annotations are reserved",
+        );
+        rejected(
+            &with(serde_json::json!({"podTemplate": {"volumes": [{"name": "live-config", "emptyDir": {}}]}})),
+            "volume names starting with live-",
+        );
+        rejected(
+            &with(serde_json::json!({"redis": {"podTemplate": {"sidecars": [{"name": "redis", "image": "x"}]}}})),
+            "sidecar names gateway and redis are reserved",
+        );
+        with(serde_json::json!({"podTemplate": {"metadata": {"labels": {"team": "chat"}},
+            "volumes": [{"name": "certs", "emptyDir": {}}],
+            "sidecars": [{"name": "proxy", "image": "envoy"}]}}))
+        .validate_cel()
+        .unwrap();
     }
 
     #[test]
@@ -1039,8 +1180,10 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Ready", "Replicas", "ConnsPerPod", "Redis", "Age"]
+            ["Ready", "Reason", "Image", "Redis", "ConnsPerPod", "Age"]
         );
+        let ready = &version.additional_printer_columns.as_ref().unwrap()[0];
+        assert_eq!(ready.json_path, ".status.readyRatio");
     }
 
     #[test]
@@ -1058,7 +1201,21 @@ mod tests {
         for (name, sub) in props {
             let path = format!("{prefix}.{name}");
             // Embedded Kubernetes types are documented upstream.
-            if name != "resources" {
+            const UPSTREAM: [&str; 12] = [
+                "resources",
+                "affinity",
+                "securityContext",
+                "containerSecurityContext",
+                "tolerations",
+                "env",
+                "envFrom",
+                "volumes",
+                "volumeMounts",
+                "sidecars",
+                "topologySpreadConstraints",
+                "from",
+            ];
+            if !UPSTREAM.contains(&name.as_str()) {
                 field_paths(sub, &path, out);
             }
             out.push(path);

@@ -16,6 +16,7 @@ pub fn parse(path: &str, text: &str, namespace: &str) -> Result<Vec<LiveRealtime
         reason,
     };
     let mut out = Vec::new();
+    let mut rules = None;
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| invalid(e.to_string()))?;
         if value.is_null() {
@@ -32,7 +33,9 @@ pub fn parse(path: &str, text: &str, namespace: &str) -> Result<Vec<LiveRealtime
         lr.metadata
             .namespace
             .get_or_insert_with(|| namespace.to_owned());
-        lr.validate_cel()
+        rules
+            .get_or_insert_with(crate::crd::CelRules::new)
+            .check(&lr)
             .map_err(|e| invalid(format!("{} violates a CRD rule: {e}", lr.name_any())))?;
         lr.spec
             .gateway_config()

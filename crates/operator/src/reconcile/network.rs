@@ -245,7 +245,8 @@ mod tests {
             spec.tls.unwrap()[0].secret_name.as_deref(),
             Some("live-tls")
         );
-        let path = &spec.rules.unwrap()[0].http.as_ref().unwrap().paths[0];
+        let rules = spec.rules.unwrap();
+        let path = &rules[0].http.as_ref().unwrap().paths[0];
         assert_eq!(path.backend.service.as_ref().unwrap().name, "chat");
     }
 
