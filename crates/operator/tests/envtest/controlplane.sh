@@ -77,8 +77,17 @@ pids+=($!)
   --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" --audit-log-mode=blocking \
   --cert-dir="$dir/apiserver-certs" >"$dir/kube-apiserver.log" 2>&1 &
 pids+=($!)
-# The controller-manager retries until the apiserver answers. No nodes: the node lifecycle
-# controller has nothing to do. The HPA controller runs (it scales LiveRealtimes for real).
+# The controller-manager needs the apiserver's bootstrap roles: wait for /readyz first.
+ready=0
+for _ in $(seq 1 360); do
+  if curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz" >/dev/null 2>&1; then
+    ready=1; break
+  fi
+  sleep 0.5
+done
+[ "$ready" = 1 ] || { echo "kube-apiserver not ready after 180 s" >&2; exit 1; }
+# No nodes: the node lifecycle controller has nothing to do. The HPA controller runs (it scales
+# LiveRealtimes for real).
 "$bin/kube-controller-manager" --kubeconfig="$dir/controller-manager.kubeconfig" \
   --authentication-kubeconfig="$dir/controller-manager.kubeconfig" --authorization-kubeconfig="$dir/controller-manager.kubeconfig" \
   --bind-address=127.0.0.1 --secure-port=$kcm_port --cert-dir="$dir/kcm-certs" --controllers='*,-nodelifecycle' \

@@ -119,10 +119,21 @@ async fn the_operator_works_on_a_real_apiserver_as_the_charts_service_account() 
             bail!("KUBEBUILDER_ASSETS={} has no {bin}", assets.to_string_lossy());
         }
     }
-    let dir = tempfile::Builder::new().prefix("live-envtest-").tempdir()?;
+    let tmp = tempfile::Builder::new().prefix("live-envtest-").tempdir()?;
+    // Kept (logs of every process, the audit log) when asked, or when something fails.
+    let dir = tmp.path().to_owned();
     let keep = std::env::var_os("LIVE_ENVTEST_KEEP").is_some();
+    let result = suite(&dir).await;
+    if keep || result.is_err() {
+        let kept = tmp.keep();
+        eprintln!("envtest: logs and audit log kept in {}", kept.display());
+    }
+    result
+}
+
+async fn suite(dir: &std::path::Path) -> Result<()> {
     let cp = Arc::new(
-        ControlPlane::start(dir.path(), &[sa_user(SYSTEM_NS), sa_user(TENANT_SYSTEM_NS)]).await?,
+        ControlPlane::start(dir, &[sa_user(SYSTEM_NS), sa_user(TENANT_SYSTEM_NS)]).await?,
     );
     let suite_started = k8s_openapi::jiff::Timestamp::now();
 
@@ -142,8 +153,8 @@ async fn the_operator_works_on_a_real_apiserver_as_the_charts_service_account() 
     // Phase 1: the default install (cluster-wide), two replicas with leader election.
     let env = install_chart_rbac(&cp, SYSTEM_NS, &[]).await?;
     let kubeconfig = cp.service_account_kubeconfig(SYSTEM_NS, SA).await?;
-    let mut a = Operator::start(dir.path(), "operator-a", &kubeconfig, SYSTEM_NS, &env)?;
-    let mut b = Operator::start(dir.path(), "operator-b", &kubeconfig, SYSTEM_NS, &env)?;
+    let mut a = Operator::start(dir, "operator-a", &kubeconfig, SYSTEM_NS, &env)?;
+    let mut b = Operator::start(dir, "operator-b", &kubeconfig, SYSTEM_NS, &env)?;
     let t = scenarios::Tests::new(cp.clone());
     let mut failed = run(vec![
         ("crd_install_and_cel_rejections", Box::pin(t.clone().crd_install_and_cel_rejections())),
@@ -199,7 +210,7 @@ async fn the_operator_works_on_a_real_apiserver_as_the_charts_service_account() 
         .await?;
     cp.namespace("tenant").await?;
     let kubeconfig = cp.service_account_kubeconfig(TENANT_SYSTEM_NS, SA).await?;
-    let mut c = Operator::start(dir.path(), "operator-tenant", &kubeconfig, TENANT_SYSTEM_NS, &env)?;
+    let mut c = Operator::start(dir, "operator-tenant", &kubeconfig, TENANT_SYSTEM_NS, &env)?;
     failed.extend(
         run(vec![(
             "single_namespace_mode_reconciles_its_namespace_only",
@@ -226,10 +237,6 @@ async fn the_operator_works_on_a_real_apiserver_as_the_charts_service_account() 
         failed.push("the_charts_rbac_is_sufficient".to_owned());
     }
 
-    if keep || !failed.is_empty() {
-        let kept = dir.keep();
-        eprintln!("envtest: logs and audit log kept in {}", kept.display());
-    }
     if !failed.is_empty() {
         bail!("failed scenarios: {failed:?}");
     }
