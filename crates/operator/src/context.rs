@@ -134,10 +134,16 @@ impl Context {
             return facts;
         }
         let service_monitor_crd = self
-            .discover(&service_monitor::gvk(), cached.map(|(_, f)| f.service_monitor_crd))
+            .discover(
+                &service_monitor::gvk(),
+                cached.map(|(_, f)| f.service_monitor_crd),
+            )
             .await;
         let http_route_crd = self
-            .discover(&network::http_route_gvk(), cached.map(|(_, f)| f.http_route_crd))
+            .discover(
+                &network::http_route_gvk(),
+                cached.map(|(_, f)| f.http_route_crd),
+            )
             .await;
         let facts = Facts {
             service_monitor_crd,

@@ -69,7 +69,11 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action>
 
     let mut failure = None;
     let (next, action, result) = if lr.is_paused() {
-        (status::paused(lr, now), Action::requeue(ctx.resync), "paused")
+        (
+            status::paused(lr, now),
+            Action::requeue(ctx.resync),
+            "paused",
+        )
     } else if let Err(e) = lr.spec.gateway_config().validate() {
         let observed = Observed {
             invalid_config: Some(e.to_string()),
@@ -150,10 +154,8 @@ async fn reconcile_invalid(invalid: &InvalidObject, ctx: &Context) -> Result<Act
         .and_then(|c| serde_json::from_value(c).ok())
         .unwrap_or_default();
     let next = status::invalid_spec(&previous, meta.generation, &invalid.error, Timestamp::now());
-    let unchanged = next.len() == previous.len()
-        && next
-            .iter()
-            .all(|c| previous.iter().any(|p| p == c));
+    let unchanged =
+        next.len() == previous.len() && next.iter().all(|c| previous.iter().any(|p| p == c));
     if !unchanged {
         // A merge patch, not an apply: it must leave the status fields this object had
         // (replicas, selector: the scale subresource) as they are.
@@ -305,16 +307,26 @@ pub async fn run_controller(
     // The child watches need the context to forget deleted children, and the context needs
     // their stores: the slot breaks the cycle.
     let slot = Arc::new(std::sync::Mutex::new(None));
-    let (config_maps, cm_stream) = child_watch(&slot, "ConfigMap", api::<ConfigMap>(&client, namespace));
-    let (deployments, deploy_stream) = child_watch(&slot, "Deployment", api::<Deployment>(&client, namespace));
+    let (config_maps, cm_stream) =
+        child_watch(&slot, "ConfigMap", api::<ConfigMap>(&client, namespace));
+    let (deployments, deploy_stream) =
+        child_watch(&slot, "Deployment", api::<Deployment>(&client, namespace));
     let (services, svc_stream) = child_watch(&slot, "Service", api::<Service>(&client, namespace));
     let (hpas, hpa_stream) = child_watch(
         &slot,
         "HorizontalPodAutoscaler",
         api::<HorizontalPodAutoscaler>(&client, namespace),
     );
-    let (pdbs, pdb_stream) = child_watch(&slot, "PodDisruptionBudget", api::<PodDisruptionBudget>(&client, namespace));
-    let (network_policies, np_stream) = child_watch(&slot, "NetworkPolicy", api::<NetworkPolicy>(&client, namespace));
+    let (pdbs, pdb_stream) = child_watch(
+        &slot,
+        "PodDisruptionBudget",
+        api::<PodDisruptionBudget>(&client, namespace),
+    );
+    let (network_policies, np_stream) = child_watch(
+        &slot,
+        "NetworkPolicy",
+        api::<NetworkPolicy>(&client, namespace),
+    );
     let (ingresses, ing_stream) = child_watch(&slot, "Ingress", api::<Ingress>(&client, namespace));
     // Secrets: metadata only (their data is read when needed, never cached), every Secret,
     // since the ones users reference carry no label of ours.
@@ -323,13 +335,13 @@ pub async fn run_controller(
         api::<PartialObjectMeta<Secret>>(&client, namespace),
         watcher::Config::default(),
     )
-        .default_backoff()
-        .modify(|s| {
-            s.metadata.managed_fields = None;
-            s.metadata.annotations = None;
-        })
-        .reflect(secrets_writer)
-        .applied_objects();
+    .default_backoff()
+    .modify(|s| {
+        s.metadata.managed_fields = None;
+        s.metadata.annotations = None;
+    })
+    .reflect(secrets_writer)
+    .applied_objects();
     let caches = Caches {
         config_maps,
         deployments,

@@ -1124,16 +1124,22 @@ mod tests {
             "annotations are reserved",
         );
         rejected(
-            &with(serde_json::json!({"podTemplate": {"volumes": [{"name": "live-config", "emptyDir": {}}]}})),
+            &with(
+                serde_json::json!({"podTemplate": {"volumes": [{"name": "live-config", "emptyDir": {}}]}}),
+            ),
             "volume names starting with live-",
         );
         rejected(
-            &with(serde_json::json!({"redis": {"podTemplate": {"sidecars": [{"name": "redis", "image": "x"}]}}})),
+            &with(
+                serde_json::json!({"redis": {"podTemplate": {"sidecars": [{"name": "redis", "image": "x"}]}}}),
+            ),
             "sidecar names gateway and redis are reserved",
         );
-        with(serde_json::json!({"podTemplate": {"metadata": {"labels": {"team": "chat"}},
+        with(
+            serde_json::json!({"podTemplate": {"metadata": {"labels": {"team": "chat"}},
             "volumes": [{"name": "certs", "emptyDir": {}}],
-            "sidecars": [{"name": "proxy", "image": "envoy"}]}}))
+            "sidecars": [{"name": "proxy", "image": "envoy"}]}}),
+        )
         .validate_cel()
         .unwrap();
     }

@@ -127,10 +127,14 @@ impl FakeApiServer {
             }
             "POST" if path == SECRETS => {
                 let mut obj = body.clone();
-                let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 obj["metadata"]["uid"] = json!("redis-secret-uid");
                 obj["metadata"]["resourceVersion"] = json!("1");
-                self.objects.insert(format!("{SECRETS}/{name}"), obj.clone());
+                self.objects
+                    .insert(format!("{SECRETS}/{name}"), obj.clone());
                 (StatusCode::CREATED, obj)
             }
             "DELETE" => match self.objects.remove(path) {
@@ -146,7 +150,10 @@ impl FakeApiServer {
 /// Runs `reconcile` for `lr` against `server` with a fresh context; returns its result and the
 /// server afterwards. Every Secret the spec references exists unless the test put a `Null` at
 /// its path.
-async fn reconcile_with(lr: LiveRealtime, server: FakeApiServer) -> (Result<Action>, FakeApiServer) {
+async fn reconcile_with(
+    lr: LiveRealtime,
+    server: FakeApiServer,
+) -> (Result<Action>, FakeApiServer) {
     reconcile_in(None, lr, server).await
 }
 
@@ -329,7 +336,10 @@ async fn a_new_liverealtime_applies_every_child_then_writes_status() {
     let created = server.request("POST", SECRETS);
     assert_eq!(created.body["metadata"]["name"], "chat-redis");
     assert_eq!(
-        created.body["stringData"]["password"].as_str().unwrap().len(),
+        created.body["stringData"]["password"]
+            .as_str()
+            .unwrap()
+            .len(),
         64
     );
     for r in server.recorded.iter().filter(|r| r.method == "PATCH") {
@@ -364,7 +374,10 @@ async fn a_new_liverealtime_applies_every_child_then_writes_status() {
     );
     assert_eq!(server.status_condition(types::READY)["status"], "True");
     assert_eq!(server.status_condition(types::STALLED)["status"], "False");
-    assert_eq!(server.status_condition(types::RECONCILING)["status"], "False");
+    assert_eq!(
+        server.status_condition(types::RECONCILING)["status"],
+        "False"
+    );
     // A healthy first reconcile has nothing worth an event.
     assert!(
         server.event_reasons().is_empty(),
@@ -434,7 +447,10 @@ async fn an_unchanged_status_is_not_patched_again() {
 #[tokio::test]
 async fn a_second_reconcile_of_an_unchanged_object_applies_nothing() {
     let ctx = Arc::new(Context::new(
-        Client::new(tower_test::mock::pair::<Request<Body>, Response<Body>>().0, "default"),
+        Client::new(
+            tower_test::mock::pair::<Request<Body>, Response<Body>>().0,
+            "default",
+        ),
         None,
         Arc::new(Metrics::new()),
     ));
@@ -463,9 +479,11 @@ async fn a_second_reconcile_of_an_unchanged_object_applies_nothing() {
 async fn an_edited_child_is_put_back() {
     let mut server = FakeApiServer::with_crd().healthy();
     // Someone scaled the Deployment by hand and changed its image.
-    let mut edited =
-        serde_json::to_value(crate::reconcile::deployment::desired(&LiveRealtime::test(), None))
-            .unwrap();
+    let mut edited = serde_json::to_value(crate::reconcile::deployment::desired(
+        &LiveRealtime::test(),
+        None,
+    ))
+    .unwrap();
     edited["spec"]["replicas"] = json!(7);
     edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:latest");
     server.objects.insert(DEPLOYMENT.to_owned(), edited);
@@ -791,9 +809,10 @@ async fn a_refused_apply_is_in_status_with_the_apiservers_message_and_one_warnin
     let client = Client::new(service, "default");
     let ctx = Arc::new(Context::new(client, None, Arc::new(Metrics::new())));
     let mut server = FakeApiServer::with_crd().healthy();
-    server
-        .objects
-        .insert(format!("{SECRETS}/chat-jwt"), secret("chat-jwt", &["secret"]));
+    server.objects.insert(
+        format!("{SECRETS}/chat-jwt"),
+        secret("chat-jwt", &["secret"]),
+    );
     server.objects.insert(
         LRT.to_owned(),
         serde_json::to_value(LiveRealtime::test()).unwrap(),

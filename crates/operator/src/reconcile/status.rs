@@ -904,6 +904,53 @@ mod tests {
     }
 
     #[test]
+    fn zero_replicas_are_reported_as_zero_not_the_last_count() {
+        let mut lr = LiveRealtime::test();
+        lr.status = Some(compute(&lr, &healthy(), t(0)));
+        lr.spec.replicas = 0;
+        // The apiserver omits zero counts: a scaled-to-zero Deployment has no replicas at all.
+        let mut zero = deployment(0, 0);
+        zero.status = Some(DeploymentStatus {
+            observed_generation: Some(2),
+            ..DeploymentStatus::default()
+        });
+        let observed = Observed {
+            gateway: Some(zero),
+            ..healthy()
+        };
+        let status = compute(&lr, &observed, t(10));
+        assert_eq!(status.replicas, 0);
+        assert_eq!(status.ready_replicas, 0);
+        assert_eq!(status.ready_ratio.as_deref(), Some("0/0"));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::READY)
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", reasons::SCALED_TO_ZERO)
+        );
+    }
+
+    #[test]
+    fn a_failed_step_is_ready_false_stalled_with_the_apiservers_message() {
+        let mut observed = healthy();
+        observed.problems.push(Problem {
+            reason: reasons::APPLY_FAILED,
+            message: "applying Service chat: invalid annotation (422)".into(),
+            stalled: true,
+        });
+        let conds = conditions(&LiveRealtime::test(), &observed);
+        let ready = get(&conds, types::READY);
+        assert!(!ready.status);
+        assert_eq!(ready.reason, reasons::APPLY_FAILED);
+        assert!(ready.message.contains("(422)"));
+        assert!(get(&conds, types::STALLED).status);
+        assert!(!get(&conds, types::RECONCILING).status);
+    }
+
+    #[test]
     fn an_invalid_config_is_degraded_with_a_stable_reason() {
         let observed = Observed {
             invalid_config: Some("bad origin".into()),

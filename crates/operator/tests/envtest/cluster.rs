@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{Value, json};
@@ -114,29 +116,38 @@ impl ControlPlane {
     }
 
     pub async fn namespace(&self, name: &str) -> Result<()> {
-        self.apply_value(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
-            .await?;
+        self.apply_value(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        )
+        .await?;
         Ok(())
     }
 
     /// Installs a CRD and waits until it is established.
     pub async fn install_crd(&self, crd: &Value) -> Result<()> {
         self.apply_value(crd).await?;
-        let name = crd["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
             Api::all(self.admin.clone());
-        crate::wait(&format!("CRD {name} established"), Duration::from_secs(60), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
+        crate::wait(
+            &format!("CRD {name} established"),
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
         .await?;
         Ok(())
     }
@@ -183,7 +194,10 @@ impl ControlPlane {
                     e["requestReceivedTimestamp"].as_str()?.parse().ok()?;
                 (at >= since).then(|| AuditEntry {
                     verb: e["verb"].as_str().unwrap_or_default().to_owned(),
-                    namespace: e["objectRef"]["namespace"].as_str().unwrap_or_default().to_owned(),
+                    namespace: e["objectRef"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
                     code: e["responseStatus"]["code"].as_u64().unwrap_or_default(),
                     uri: e["requestURI"].as_str().unwrap_or_default().to_owned(),
                 })
@@ -203,7 +217,10 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     pub fn is_write(&self) -> bool {
-        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection")
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
     }
 }
 
@@ -218,11 +235,14 @@ pub fn helm_template(namespace: &str, sets: &[&str]) -> Result<Vec<Value>> {
     for s in sets {
         cmd.args(["--set", s]);
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {helm} (set LIVE_ENVTEST_HELM, or scripts/fetch-tools.sh)"))?;
+    let out = cmd.output().with_context(|| {
+        format!("running {helm} (set LIVE_ENVTEST_HELM, or scripts/fetch-tools.sh)")
+    })?;
     if !out.status.success() {
-        bail!("helm template failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "helm template failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8(out.stdout)?;
     let mut docs = Vec::new();
@@ -243,7 +263,13 @@ pub fn rbac_objects(docs: &[Value]) -> Vec<Value> {
         .filter(|d| {
             matches!(
                 d["kind"].as_str(),
-                Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding")
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
             )
         })
         .cloned()
@@ -261,7 +287,12 @@ pub fn chart_env(docs: &[Value]) -> Vec<(String, String)> {
                 .cloned()
                 .unwrap_or_default()
         })
-        .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
         .collect()
 }
 
@@ -282,7 +313,9 @@ impl Operator {
         lease_ns: &str,
         env: &[(String, String)],
     ) -> Result<Self> {
-        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let log = std::fs::File::create(dir.join(format!("{identity}.log")))?;
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_live-operator"));
         cmd.arg("run");
@@ -292,7 +325,10 @@ impl Operator {
         cmd.env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", lease_ns)
             .env("POD_NAME", identity)
-            .env("LIVE_OPERATOR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env(
+                "LIVE_OPERATOR_ADMIN_LISTEN",
+                format!("127.0.0.1:{admin_port}"),
+            )
             .env("LIVE_OPERATOR_LOG_FORMAT", "text")
             // Tests wait seconds, not minutes: resync often (and prove it writes nothing).
             .env("LIVE_OPERATOR_RESYNC_SECONDS", "5")

@@ -49,7 +49,10 @@ fn sa_user(ns: &str) -> String {
     format!("system:serviceaccount:{ns}:{SA}")
 }
 
-type Scenario<'a> = (&'static str, std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>);
+type Scenario<'a> = (
+    &'static str,
+    std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>,
+);
 
 /// Runs scenarios concurrently; returns the names of the failed ones.
 async fn run(scenarios: Vec<Scenario<'_>>) -> Vec<String> {
@@ -65,8 +68,14 @@ async fn run(scenarios: Vec<Scenario<'_>>) -> Vec<String> {
         let started = Instant::now();
         let result = fut.await;
         match &result {
-            Ok(()) => eprintln!("scenario {name} ... ok ({:.1} s)", started.elapsed().as_secs_f64()),
-            Err(e) => eprintln!("scenario {name} ... FAILED ({:.1} s): {e:#}", started.elapsed().as_secs_f64()),
+            Ok(()) => eprintln!(
+                "scenario {name} ... ok ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => eprintln!(
+                "scenario {name} ... FAILED ({:.1} s): {e:#}",
+                started.elapsed().as_secs_f64()
+            ),
         }
         (name, result.is_ok())
     }))
@@ -80,7 +89,11 @@ async fn run(scenarios: Vec<Scenario<'_>>) -> Vec<String> {
 
 /// Installs the chart's RBAC (and ServiceAccount) for a release in `release_ns` rendered with
 /// `sets`, and returns the env its operator Deployment would run with.
-async fn install_chart_rbac(cp: &ControlPlane, release_ns: &str, sets: &[&str]) -> Result<Vec<(String, String)>> {
+async fn install_chart_rbac(
+    cp: &ControlPlane,
+    release_ns: &str,
+    sets: &[&str],
+) -> Result<Vec<(String, String)>> {
     cp.namespace(release_ns).await?;
     let mut all_sets = vec!["fullnameOverride=live-operator"];
     all_sets.extend_from_slice(sets);
@@ -92,7 +105,10 @@ async fn install_chart_rbac(cp: &ControlPlane, release_ns: &str, sets: &[&str]) 
     for obj in &rbac {
         let mut obj = obj.clone();
         if obj["metadata"]["namespace"].is_null()
-            && matches!(obj["kind"].as_str(), Some("ServiceAccount" | "Role" | "RoleBinding"))
+            && matches!(
+                obj["kind"].as_str(),
+                Some("ServiceAccount" | "Role" | "RoleBinding")
+            )
         {
             obj["metadata"]["namespace"] = release_ns.into();
         }
@@ -116,7 +132,10 @@ async fn the_operator_works_on_a_real_apiserver_as_the_charts_service_account() 
     };
     for bin in ["etcd", "kube-apiserver", "kube-controller-manager"] {
         if !std::path::Path::new(&assets).join(bin).exists() {
-            bail!("KUBEBUILDER_ASSETS={} has no {bin}", assets.to_string_lossy());
+            bail!(
+                "KUBEBUILDER_ASSETS={} has no {bin}",
+                assets.to_string_lossy()
+            );
         }
     }
     let tmp = tempfile::Builder::new().prefix("live-envtest-").tempdir()?;
@@ -132,9 +151,8 @@ async fn the_operator_works_on_a_real_apiserver_as_the_charts_service_account() 
 }
 
 async fn suite(dir: &std::path::Path) -> Result<()> {
-    let cp = Arc::new(
-        ControlPlane::start(dir, &[sa_user(SYSTEM_NS), sa_user(TENANT_SYSTEM_NS)]).await?,
-    );
+    let cp =
+        Arc::new(ControlPlane::start(dir, &[sa_user(SYSTEM_NS), sa_user(TENANT_SYSTEM_NS)]).await?);
     let suite_started = k8s_openapi::jiff::Timestamp::now();
 
     // The CRD exactly as the chart ships it, and stand-ins for the optional CRDs (their kinds
@@ -147,7 +165,8 @@ async fn suite(dir: &std::path::Path) -> Result<()> {
         ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
         ("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
     ] {
-        cp.install_crd(&scenarios::stub_crd(group, kind, plural)).await?;
+        cp.install_crd(&scenarios::stub_crd(group, kind, plural))
+            .await?;
     }
 
     // Phase 1: the default install (cluster-wide), two replicas with leader election.
@@ -157,37 +176,72 @@ async fn suite(dir: &std::path::Path) -> Result<()> {
     let mut b = Operator::start(dir, "operator-b", &kubeconfig, SYSTEM_NS, &env)?;
     let t = scenarios::Tests::new(cp.clone());
     let mut failed = run(vec![
-        ("crd_install_and_cel_rejections", Box::pin(t.clone().crd_install_and_cel_rejections())),
+        (
+            "crd_install_and_cel_rejections",
+            Box::pin(t.clone().crd_install_and_cel_rejections()),
+        ),
         (
             "the_basic_example_gets_every_child_with_owner_references_and_a_filled_status",
-            Box::pin(t.clone().the_basic_example_gets_every_child_with_owner_references_and_a_filled_status("basic")),
+            Box::pin(
+                t.clone()
+                    .the_basic_example_gets_every_child_with_owner_references_and_a_filled_status(
+                        "basic",
+                    ),
+            ),
         ),
         ("drift_is_put_back", Box::pin(t.clone().drift_is_put_back())),
         (
             "a_hot_reloadable_edit_does_not_change_the_pod_template",
-            Box::pin(t.clone().a_hot_reloadable_edit_does_not_change_the_pod_template()),
+            Box::pin(
+                t.clone()
+                    .a_hot_reloadable_edit_does_not_change_the_pod_template(),
+            ),
         ),
         (
             "feature_toggles_delete_exactly_their_children",
             Box::pin(t.clone().feature_toggles_delete_exactly_their_children()),
         ),
-        ("autoscaling_hands_over_both_ways", Box::pin(t.clone().autoscaling_hands_over_both_ways())),
+        (
+            "autoscaling_hands_over_both_ways",
+            Box::pin(t.clone().autoscaling_hands_over_both_ways()),
+        ),
         (
             "an_object_it_does_not_own_is_left_alone_with_a_visible_condition",
-            Box::pin(t.clone().an_object_it_does_not_own_is_left_alone_with_a_visible_condition()),
+            Box::pin(
+                t.clone()
+                    .an_object_it_does_not_own_is_left_alone_with_a_visible_condition(),
+            ),
         ),
-        ("garbage_collection_on_delete", Box::pin(t.clone().garbage_collection_on_delete())),
-        ("pause_leaves_children_alone", Box::pin(t.clone().pause_leaves_children_alone())),
-        ("a_422_surfaces_in_status_with_one_event", Box::pin(t.clone().a_422_surfaces_in_status_with_one_event())),
+        (
+            "garbage_collection_on_delete",
+            Box::pin(t.clone().garbage_collection_on_delete()),
+        ),
+        (
+            "pause_leaves_children_alone",
+            Box::pin(t.clone().pause_leaves_children_alone()),
+        ),
+        (
+            "a_422_surfaces_in_status_with_one_event",
+            Box::pin(t.clone().a_422_surfaces_in_status_with_one_event()),
+        ),
         (
             "an_undecodable_object_gets_invalid_spec_and_the_rest_go_on",
-            Box::pin(t.clone().an_undecodable_object_gets_invalid_spec_and_the_rest_go_on()),
+            Box::pin(
+                t.clone()
+                    .an_undecodable_object_gets_invalid_spec_and_the_rest_go_on(),
+            ),
         ),
         (
             "a_missing_secret_shows_at_once_and_rotation_rolls_only_start_only_secrets",
-            Box::pin(t.clone().a_missing_secret_shows_at_once_and_rotation_rolls_only_start_only_secrets()),
+            Box::pin(
+                t.clone()
+                    .a_missing_secret_shows_at_once_and_rotation_rolls_only_start_only_secrets(),
+            ),
         ),
-        ("scale_to_zero_reports_zero", Box::pin(t.clone().scale_to_zero_reports_zero())),
+        (
+            "scale_to_zero_reports_zero",
+            Box::pin(t.clone().scale_to_zero_reports_zero()),
+        ),
         (
             "steady_state_writes_nothing",
             Box::pin(t.clone().steady_state_writes_nothing(&sa_user(SYSTEM_NS))),
@@ -198,7 +252,10 @@ async fn suite(dir: &std::path::Path) -> Result<()> {
     failed.extend(
         run(vec![(
             "leader_election_takes_over_when_the_leader_is_killed",
-            Box::pin(t.clone().leader_election_takes_over_when_the_leader_is_killed(&mut a, &mut b)),
+            Box::pin(
+                t.clone()
+                    .leader_election_takes_over_when_the_leader_is_killed(&mut a, &mut b),
+            ),
         )])
         .await,
     );
@@ -206,15 +263,22 @@ async fn suite(dir: &std::path::Path) -> Result<()> {
     b.kill().await;
 
     // Phase 2: one watched namespace, namespaced RBAC.
-    let env = install_chart_rbac(&cp, TENANT_SYSTEM_NS, &["operator.watchNamespace=tenant", "replicaCount=1"])
-        .await?;
+    let env = install_chart_rbac(
+        &cp,
+        TENANT_SYSTEM_NS,
+        &["operator.watchNamespace=tenant", "replicaCount=1"],
+    )
+    .await?;
     cp.namespace("tenant").await?;
     let kubeconfig = cp.service_account_kubeconfig(TENANT_SYSTEM_NS, SA).await?;
     let mut c = Operator::start(dir, "operator-tenant", &kubeconfig, TENANT_SYSTEM_NS, &env)?;
     failed.extend(
         run(vec![(
             "single_namespace_mode_reconciles_its_namespace_only",
-            Box::pin(t.clone().single_namespace_mode_reconciles_its_namespace_only()),
+            Box::pin(
+                t.clone()
+                    .single_namespace_mode_reconciles_its_namespace_only(),
+            ),
         )])
         .await,
     );

@@ -104,8 +104,10 @@ impl Tests {
 
     async fn secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) -> Result<()> {
         self.cp.namespace(ns).await?;
-        let data: serde_json::Map<String, Value> =
-            data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
         self.cp
             .apply_value(&json!({"apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": name, "namespace": ns}, "stringData": data}))
@@ -157,11 +159,21 @@ impl Tests {
                 n += 1;
                 continue;
             }
-            if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+            if pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_none()
+            {
                 let binding = json!({"apiVersion": "v1", "kind": "Binding",
                     "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": "envtest-node"}});
                 let _ = pods
-                    .create_subresource::<Value, Value>("binding", &name, &PostParams::default(), &binding)
+                    .create_subresource::<Value, Value>(
+                        "binding",
+                        &name,
+                        &PostParams::default(),
+                        &binding,
+                    )
                     .await;
             }
             let now = Timestamp::now().to_string();
@@ -223,7 +235,9 @@ impl Tests {
                 out.insert(format!("HorizontalPodAutoscaler/{n}"));
             }
             if let Some(s) = self.get::<Secret>(ns, n).await
-                && s.metadata.labels.is_some_and(|l| l.contains_key("app.kubernetes.io/managed-by"))
+                && s.metadata
+                    .labels
+                    .is_some_and(|l| l.contains_key("app.kubernetes.io/managed-by"))
             {
                 out.insert(format!("Secret/{n}"));
             }
@@ -261,11 +275,31 @@ impl Tests {
         };
         let jwt = json!({"jwtSecretRef": {"name": "s", "key": "k"}});
         let cases: Vec<(String, Value, &str)> = vec![
-            ("chat-redis".into(), jwt.clone(), "metadata.name must be a DNS-1035 label"),
-            ("chat-admin".into(), jwt.clone(), "metadata.name must be a DNS-1035 label"),
-            ("chat.v2".into(), jwt.clone(), "metadata.name must be a DNS-1035 label"),
-            ("a".repeat(58), jwt.clone(), "metadata.name must be a DNS-1035 label"),
-            ("noauth".into(), json!({}), "set jwtKeysSecretRef, or exactly one of"),
+            (
+                "chat-redis".into(),
+                jwt.clone(),
+                "metadata.name must be a DNS-1035 label",
+            ),
+            (
+                "chat-admin".into(),
+                jwt.clone(),
+                "metadata.name must be a DNS-1035 label",
+            ),
+            (
+                "chat.v2".into(),
+                jwt.clone(),
+                "metadata.name must be a DNS-1035 label",
+            ),
+            (
+                "a".repeat(58),
+                jwt.clone(),
+                "metadata.name must be a DNS-1035 label",
+            ),
+            (
+                "noauth".into(),
+                json!({}),
+                "set jwtKeysSecretRef, or exactly one of",
+            ),
             (
                 "scaling".into(),
                 json!({"jwtSecretRef": {"name": "s", "key": "k"}, "autoscaling": {"enabled": true, "minReplicas": 5, "maxReplicas": 2}}),
@@ -311,9 +345,15 @@ impl Tests {
                 "metadata": {"name": format!("url{i}")},
                 "spec": {"jwtSecretRef": {"name": "s", "key": "k"}, "redis": {"mode": "External", "url": url}},
             }))?;
-            api.create(&PostParams { dry_run: true, ..PostParams::default() }, &obj)
-                .await
-                .with_context(|| format!("{url} refused"))?;
+            api.create(
+                &PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                },
+                &obj,
+            )
+            .await
+            .with_context(|| format!("{url} refused"))?;
         }
         Ok(())
     }
@@ -322,7 +362,12 @@ impl Tests {
         self,
         ns: &'static str,
     ) -> Result<()> {
-        self.secret(ns, "chat-jwt", &[("secret", "0123456789abcdef0123456789abcdef")]).await?;
+        self.secret(
+            ns,
+            "chat-jwt",
+            &[("secret", "0123456789abcdef0123456789abcdef")],
+        )
+        .await?;
         // The example file, as `kubectl apply -f crds/examples/basic.yaml` would send it.
         let mut example: Value = serde_yaml::from_str(&std::fs::read_to_string(
             repo_root().join("crds/examples/basic.yaml"),
@@ -358,34 +403,121 @@ impl Tests {
                 .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "LiveRealtime")
         };
         for (kind, ok) in [
-            ("ConfigMap", owned(&self.get::<ConfigMap>(ns, "chat-config").await.context("cm")?.metadata)),
-            ("Deployment", owned(&self.get::<Deployment>(ns, "chat").await.context("d")?.metadata)),
-            ("Deployment redis", owned(&self.get::<Deployment>(ns, "chat-redis").await.context("rd")?.metadata)),
-            ("Service", owned(&self.get::<Service>(ns, "chat").await.context("s")?.metadata)),
-            ("Service admin", owned(&self.get::<Service>(ns, "chat-admin").await.context("sa")?.metadata)),
-            ("Secret", owned(&self.get::<Secret>(ns, "chat-redis").await.context("sec")?.metadata)),
-            ("PDB", owned(&self.get::<PodDisruptionBudget>(ns, "chat").await.context("pdb")?.metadata)),
+            (
+                "ConfigMap",
+                owned(
+                    &self
+                        .get::<ConfigMap>(ns, "chat-config")
+                        .await
+                        .context("cm")?
+                        .metadata,
+                ),
+            ),
+            (
+                "Deployment",
+                owned(
+                    &self
+                        .get::<Deployment>(ns, "chat")
+                        .await
+                        .context("d")?
+                        .metadata,
+                ),
+            ),
+            (
+                "Deployment redis",
+                owned(
+                    &self
+                        .get::<Deployment>(ns, "chat-redis")
+                        .await
+                        .context("rd")?
+                        .metadata,
+                ),
+            ),
+            (
+                "Service",
+                owned(&self.get::<Service>(ns, "chat").await.context("s")?.metadata),
+            ),
+            (
+                "Service admin",
+                owned(
+                    &self
+                        .get::<Service>(ns, "chat-admin")
+                        .await
+                        .context("sa")?
+                        .metadata,
+                ),
+            ),
+            (
+                "Secret",
+                owned(
+                    &self
+                        .get::<Secret>(ns, "chat-redis")
+                        .await
+                        .context("sec")?
+                        .metadata,
+                ),
+            ),
+            (
+                "PDB",
+                owned(
+                    &self
+                        .get::<PodDisruptionBudget>(ns, "chat")
+                        .await
+                        .context("pdb")?
+                        .metadata,
+                ),
+            ),
         ] {
-            ensure!(ok, "{kind} has no controller owner reference to the LiveRealtime");
+            ensure!(
+                ok,
+                "{kind} has no controller owner reference to the LiveRealtime"
+            );
         }
         // The public Service is Socket.IO only; the admin port is ClusterIP.
-        let public = self.get::<Service>(ns, "chat").await.context("svc")?.spec.context("spec")?;
+        let public = self
+            .get::<Service>(ns, "chat")
+            .await
+            .context("svc")?
+            .spec
+            .context("spec")?;
         let ports = public.ports.unwrap_or_default();
         ensure!(ports.len() == 1 && ports[0].app_protocol.as_deref() == Some("kubernetes.io/ws"));
-        let admin = self.get::<Service>(ns, "chat-admin").await.context("admin")?.spec.context("spec")?;
+        let admin = self
+            .get::<Service>(ns, "chat-admin")
+            .await
+            .context("admin")?
+            .spec
+            .context("spec")?;
         ensure!(admin.type_.as_deref() == Some("ClusterIP"));
         ensure!(admin.ports.unwrap_or_default()[0].port == 9091);
         // Status: generation observed, conditions, columns.
-        self.wait_condition(ns, "chat", "Ready", "False", Some("GatewayUnavailable")).await?;
+        self.wait_condition(ns, "chat", "Ready", "False", Some("GatewayUnavailable"))
+            .await?;
         self.until_ready(ns, "chat").await?;
         let lr = self.lr(ns, "chat").await.context("lr")?;
         let status = &lr.data["status"];
-        ensure!(status["observedGeneration"] == json!(lr.metadata.generation), "{status}");
+        ensure!(
+            status["observedGeneration"] == json!(lr.metadata.generation),
+            "{status}"
+        );
         ensure!(status["readyRatio"] == "2/2", "{status}");
         ensure!(status["replicas"] == 2, "{status}");
-        ensure!(status["selector"].as_str().is_some_and(|s| s.contains("instance=chat")));
-        ensure!(status["image"].as_str().is_some_and(|s| s.starts_with("ghcr.io/live-realtime/live-gateway:")));
-        for (type_, want) in [("Ready", "True"), ("Reconciling", "False"), ("Stalled", "False"), ("RedisReady", "True")] {
+        ensure!(
+            status["selector"]
+                .as_str()
+                .is_some_and(|s| s.contains("instance=chat"))
+        );
+        ensure!(
+            status["image"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("ghcr.io/live-realtime/live-gateway:"))
+        );
+        for (type_, want) in [
+            ("Ready", "True"),
+            ("Reconciling", "False"),
+            ("Stalled", "False"),
+            ("RedisReady", "True"),
+        ] {
             let c = condition(&lr, type_).context(type_)?;
             ensure!(c.0 == want, "{type_} is {c:?}");
         }
@@ -402,7 +534,14 @@ impl Tests {
         let deployments: Api<Deployment> = self.api(ns);
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "gateway", "image": "evil:1"}]}}}});
         deployments
-            .patch("chat", &PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() }, &Patch::Strategic(&patch))
+            .patch(
+                "chat",
+                &PatchParams {
+                    field_manager: Some("kubectl-edit".into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Strategic(&patch),
+            )
             .await?;
         wait("the image put back", T, || async {
             let d = self.get::<Deployment>(ns, "chat").await?;
@@ -412,8 +551,13 @@ impl Tests {
         .await?;
         // A deleted child comes back.
         let services: Api<Service> = self.api(ns);
-        services.delete("chat-admin", &DeleteParams::default()).await?;
-        wait("the admin Service re-created", T, || self.get::<Service>(ns, "chat-admin")).await?;
+        services
+            .delete("chat-admin", &DeleteParams::default())
+            .await?;
+        wait("the admin Service re-created", T, || {
+            self.get::<Service>(ns, "chat-admin")
+        })
+        .await?;
         Ok(())
     }
 
@@ -427,15 +571,25 @@ impl Tests {
         self.apply_lr(ns, "chat", spec(3)).await?;
         wait("the ConfigMap updated", T, || async {
             let cm = self.get::<ConfigMap>(ns, "chat-config").await?;
-            cm.data?.get("gateway.yaml")?.contains("messagesPerMinute: 3").then_some(())
+            cm.data?
+                .get("gateway.yaml")?
+                .contains("messagesPerMinute: 3")
+                .then_some(())
         })
         .await?;
         // Give the operator a resync to (wrongly) touch the Deployment.
         tokio::time::sleep(Duration::from_secs(6)).await;
-        let after = self.get::<Deployment>(ns, "chat").await.context("deployment")?;
-        ensure!(before.metadata.generation == after.metadata.generation, "the Deployment's generation moved");
+        let after = self
+            .get::<Deployment>(ns, "chat")
+            .await
+            .context("deployment")?;
         ensure!(
-            serde_json::to_value(&before.spec.context("spec")?.template)? == serde_json::to_value(&after.spec.context("spec")?.template)?,
+            before.metadata.generation == after.metadata.generation,
+            "the Deployment's generation moved"
+        );
+        ensure!(
+            serde_json::to_value(&before.spec.context("spec")?.template)?
+                == serde_json::to_value(&after.spec.context("spec")?.template)?,
             "the pod template changed"
         );
         Ok(())
@@ -447,7 +601,9 @@ impl Tests {
         let base = json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}});
         let with = |patch: Value| {
             let mut v = base.clone();
-            v.as_object_mut().expect("object").extend(patch.as_object().cloned().unwrap_or_default());
+            v.as_object_mut()
+                .expect("object")
+                .extend(patch.as_object().cloned().unwrap_or_default());
             v
         };
         let managed = Self::set(&[
@@ -491,7 +647,12 @@ impl Tests {
         )
         .await?;
         expect(
-            Self::set(&["ConfigMap/chat-config", "Deployment/chat", "Service/chat", "Service/chat-admin"]),
+            Self::set(&[
+                "ConfigMap/chat-config",
+                "Deployment/chat",
+                "Service/chat",
+                "Service/chat-admin",
+            ]),
             "only the always-on children",
         )
         .await?;
@@ -513,8 +674,10 @@ impl Tests {
     pub async fn autoscaling_hands_over_both_ways(self) -> Result<()> {
         let ns = "autoscale";
         self.secret(ns, "chat-jwt", &[("secret", "x")]).await?;
-        let spec = |enabled: bool| json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"},
-            "autoscaling": {"enabled": enabled, "minReplicas": 3, "maxReplicas": 10}});
+        let spec = |enabled: bool| {
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"},
+            "autoscaling": {"enabled": enabled, "minReplicas": 3, "maxReplicas": 10}})
+        };
         self.apply_lr(ns, "chat", spec(true)).await?;
         // The real HPA controller scales the LiveRealtime (its scale subresource) up to
         // minReplicas; the Deployment follows.
@@ -522,7 +685,10 @@ impl Tests {
             (self.deployment_replicas(ns, "chat").await? == 3).then_some(())
         })
         .await?;
-        let hpa = self.get::<HorizontalPodAutoscaler>(ns, "chat").await.context("hpa")?;
+        let hpa = self
+            .get::<HorizontalPodAutoscaler>(ns, "chat")
+            .await
+            .context("hpa")?;
         ensure!(hpa.spec.context("spec")?.scale_target_ref.kind == "LiveRealtime");
         // What the HPA does on load: scale the LiveRealtime.
         self.scale(ns, "chat", 5).await?;
@@ -533,20 +699,34 @@ impl Tests {
         // Off: the HPA goes, the count it reached stays.
         self.apply_lr(ns, "chat", spec(false)).await?;
         wait("the HPA deleted", T, || async {
-            self.get::<HorizontalPodAutoscaler>(ns, "chat").await.is_none().then_some(())
+            self.get::<HorizontalPodAutoscaler>(ns, "chat")
+                .await
+                .is_none()
+                .then_some(())
         })
         .await?;
         tokio::time::sleep(Duration::from_secs(6)).await;
-        ensure!(self.deployment_replicas(ns, "chat").await == Some(5), "turning autoscaling off changed the count");
+        ensure!(
+            self.deployment_replicas(ns, "chat").await == Some(5),
+            "turning autoscaling off changed the count"
+        );
         // On again: it starts from the live count, no dip.
         self.apply_lr(ns, "chat", spec(true)).await?;
-        wait("the HPA back", T, || self.get::<HorizontalPodAutoscaler>(ns, "chat")).await?;
+        wait("the HPA back", T, || {
+            self.get::<HorizontalPodAutoscaler>(ns, "chat")
+        })
+        .await?;
         tokio::time::sleep(Duration::from_secs(6)).await;
-        ensure!(self.deployment_replicas(ns, "chat").await == Some(5), "turning autoscaling on changed the count");
+        ensure!(
+            self.deployment_replicas(ns, "chat").await == Some(5),
+            "turning autoscaling on changed the count"
+        );
         Ok(())
     }
 
-    pub async fn an_object_it_does_not_own_is_left_alone_with_a_visible_condition(self) -> Result<()> {
+    pub async fn an_object_it_does_not_own_is_left_alone_with_a_visible_condition(
+        self,
+    ) -> Result<()> {
         let ns = "conflict";
         self.secret(ns, "chat-jwt", &[("secret", "x")]).await?;
         self.cp
@@ -555,24 +735,51 @@ impl Tests {
                 "spec": {"ports": [{"name": "pg", "port": 5432}], "selector": {"app": "postgres"}}}))
             .await?;
         let before = self.get::<Service>(ns, "chat").await.context("service")?;
-        self.apply_lr(ns, "chat", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}})).await?;
-        let (_, _, message) = self.wait_condition(ns, "chat", "Ready", "False", Some("NameConflict")).await?;
+        self.apply_lr(
+            ns,
+            "chat",
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}}),
+        )
+        .await?;
+        let (_, _, message) = self
+            .wait_condition(ns, "chat", "Ready", "False", Some("NameConflict"))
+            .await?;
         ensure!(message.contains("Service chat"), "{message}");
-        self.wait_condition(ns, "chat", "Stalled", "True", Some("NameConflict")).await?;
+        self.wait_condition(ns, "chat", "Stalled", "True", Some("NameConflict"))
+            .await?;
         // The rest of the tier exists; the foreign Service is untouched.
-        wait("the gateway Deployment", T, || self.get::<Deployment>(ns, "chat")).await?;
+        wait("the gateway Deployment", T, || {
+            self.get::<Deployment>(ns, "chat")
+        })
+        .await?;
         tokio::time::sleep(Duration::from_secs(6)).await;
         let after = self.get::<Service>(ns, "chat").await.context("service")?;
-        ensure!(before.metadata.resource_version == after.metadata.resource_version, "the foreign Service was written");
-        ensure!(after.metadata.owner_references.is_none(), "the foreign Service was adopted");
+        ensure!(
+            before.metadata.resource_version == after.metadata.resource_version,
+            "the foreign Service was written"
+        );
+        ensure!(
+            after.metadata.owner_references.is_none(),
+            "the foreign Service was adopted"
+        );
         // One Warning event, however many retries.
         let events: Api<Event> = self.api(ns);
         let list = events.list(&ListParams::default()).await?;
-        let conflicts: Vec<_> = list.items.iter().filter(|e| e.reason.as_deref() == Some("NameConflict")).collect();
-        ensure!(conflicts.len() == 1, "{} NameConflict events", conflicts.len());
+        let conflicts: Vec<_> = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("NameConflict"))
+            .collect();
+        ensure!(
+            conflicts.len() == 1,
+            "{} NameConflict events",
+            conflicts.len()
+        );
         ensure!(conflicts[0].type_.as_deref() == Some("Warning"));
         // Once it is gone, the operator creates its own.
-        self.api::<Service>(ns).delete("chat", &DeleteParams::default()).await?;
+        self.api::<Service>(ns)
+            .delete("chat", &DeleteParams::default())
+            .await?;
         wait("the operator's Service", T, || async {
             let s = self.get::<Service>(ns, "chat").await?;
             s.metadata.owner_references.is_some().then_some(())
@@ -586,11 +793,18 @@ impl Tests {
         self.secret(ns, "chat-jwt", &[("secret", "x")]).await?;
         self.apply_lr(ns, "chat", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}, "autoscaling": {"enabled": true}}))
             .await?;
-        wait("children", T, || async { (self.children(ns, "chat").await.len() >= 12).then_some(()) }).await?;
-        self.lrts(ns).delete("chat", &DeleteParams::background()).await?;
-        wait("every child garbage-collected", Duration::from_secs(120), || async {
-            self.children(ns, "chat").await.is_empty().then_some(())
+        wait("children", T, || async {
+            (self.children(ns, "chat").await.len() >= 12).then_some(())
         })
+        .await?;
+        self.lrts(ns)
+            .delete("chat", &DeleteParams::background())
+            .await?;
+        wait(
+            "every child garbage-collected",
+            Duration::from_secs(120),
+            || async { self.children(ns, "chat").await.is_empty().then_some(()) },
+        )
         .await?;
         Ok(())
     }
@@ -605,21 +819,46 @@ impl Tests {
             let value = if on { json!("true") } else { Value::Null };
             json!({"metadata": {"annotations": {"realtime.halobuzz.com/paused": value}}})
         };
-        self.lrts(ns).patch("chat", &PatchParams::default(), &Patch::Merge(&pause(true))).await?;
-        self.wait_condition(ns, "chat", "ReconciliationPaused", "True", Some("Paused")).await?;
+        self.lrts(ns)
+            .patch("chat", &PatchParams::default(), &Patch::Merge(&pause(true)))
+            .await?;
+        self.wait_condition(ns, "chat", "ReconciliationPaused", "True", Some("Paused"))
+            .await?;
         let edit = json!({"spec": {"template": {"spec": {"containers": [{"name": "gateway", "image": "hand:1"}]}}}});
         self.api::<Deployment>(ns)
-            .patch("chat", &PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() }, &Patch::Strategic(&edit))
+            .patch(
+                "chat",
+                &PatchParams {
+                    field_manager: Some("kubectl-edit".into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Strategic(&edit),
+            )
             .await?;
         tokio::time::sleep(Duration::from_secs(7)).await;
-        let image = |d: Deployment| d.spec.and_then(|s| s.template.spec).and_then(|s| s.containers[0].image.clone());
-        ensure!(image(self.get::<Deployment>(ns, "chat").await.context("d")?).as_deref() == Some("hand:1"), "changed while paused");
-        self.lrts(ns).patch("chat", &PatchParams::default(), &Patch::Merge(&pause(false))).await?;
+        let image = |d: Deployment| {
+            d.spec
+                .and_then(|s| s.template.spec)
+                .and_then(|s| s.containers[0].image.clone())
+        };
+        ensure!(
+            image(self.get::<Deployment>(ns, "chat").await.context("d")?).as_deref()
+                == Some("hand:1"),
+            "changed while paused"
+        );
+        self.lrts(ns)
+            .patch(
+                "chat",
+                &PatchParams::default(),
+                &Patch::Merge(&pause(false)),
+            )
+            .await?;
         wait("the image put back after resuming", T, || async {
             (image(self.get::<Deployment>(ns, "chat").await?)? == "example.com/gw:1").then_some(())
         })
         .await?;
-        self.wait_condition(ns, "chat", "ReconciliationPaused", "False", None).await?;
+        self.wait_condition(ns, "chat", "ReconciliationPaused", "False", None)
+            .await?;
         Ok(())
     }
 
@@ -627,18 +866,32 @@ impl Tests {
         let ns = "invalid";
         self.secret(ns, "chat-jwt", &[("secret", "x")]).await?;
         // Valid for the CRD, refused by the Service's own validation.
-        self.apply_lr(ns, "chat", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"},
-            "service": {"annotations": {"bad key!": "x"}}}))
+        self.apply_lr(
+            ns,
+            "chat",
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"},
+            "service": {"annotations": {"bad key!": "x"}}}),
+        )
+        .await?;
+        let (_, _, message) = self
+            .wait_condition(ns, "chat", "Ready", "False", Some("ApplyFailed"))
             .await?;
-        let (_, _, message) = self.wait_condition(ns, "chat", "Ready", "False", Some("ApplyFailed")).await?;
-        ensure!(message.contains("Service chat") && message.contains("(422)"), "{message}");
-        self.wait_condition(ns, "chat", "Stalled", "True", Some("ApplyFailed")).await?;
+        ensure!(
+            message.contains("Service chat") && message.contains("(422)"),
+            "{message}"
+        );
+        self.wait_condition(ns, "chat", "Stalled", "True", Some("ApplyFailed"))
+            .await?;
         // The other children are there.
         wait("the Deployment", T, || self.get::<Deployment>(ns, "chat")).await?;
         // Several retries later (5 s, 10 s backoff), still one event.
         tokio::time::sleep(Duration::from_secs(16)).await;
         let events = self.api::<Event>(ns).list(&ListParams::default()).await?;
-        let failed: Vec<_> = events.items.iter().filter(|e| e.reason.as_deref() == Some("ApplyFailed")).collect();
+        let failed: Vec<_> = events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("ApplyFailed"))
+            .collect();
         ensure!(failed.len() == 1, "{} ApplyFailed events", failed.len());
         Ok(())
     }
@@ -669,27 +922,59 @@ impl Tests {
         .await?;
         self.apply_lr(ns, "newer", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}, "rateLimits": {"burst": 3}}))
             .await?;
-        self.apply_lr(ns, "older", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}})).await?;
-        let (_, _, message) = self.wait_condition(ns, "newer", "Ready", "False", Some("InvalidSpec")).await?;
+        self.apply_lr(
+            ns,
+            "older",
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}}),
+        )
+        .await?;
+        let (_, _, message) = self
+            .wait_condition(ns, "newer", "Ready", "False", Some("InvalidSpec"))
+            .await?;
         ensure!(message.contains("burst"), "{message}");
-        self.wait_condition(ns, "newer", "Stalled", "True", Some("InvalidSpec")).await?;
-        wait("the other object reconciled", T, || self.get::<Deployment>(ns, "older")).await?;
-        ensure!(self.get::<Deployment>(ns, "newer").await.is_none(), "the undecodable object got children");
+        self.wait_condition(ns, "newer", "Stalled", "True", Some("InvalidSpec"))
+            .await?;
+        wait("the other object reconciled", T, || {
+            self.get::<Deployment>(ns, "older")
+        })
+        .await?;
+        ensure!(
+            self.get::<Deployment>(ns, "newer").await.is_none(),
+            "the undecodable object got children"
+        );
         Ok(())
     }
 
-    pub async fn a_missing_secret_shows_at_once_and_rotation_rolls_only_start_only_secrets(self) -> Result<()> {
+    pub async fn a_missing_secret_shows_at_once_and_rotation_rolls_only_start_only_secrets(
+        self,
+    ) -> Result<()> {
         let ns = "secrets";
         self.cp.namespace(ns).await?;
-        self.apply_lr(ns, "chat", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}})).await?;
-        let (_, _, message) = self.wait_condition(ns, "chat", "Ready", "False", Some("MissingSecret")).await?;
+        self.apply_lr(
+            ns,
+            "chat",
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}}),
+        )
+        .await?;
+        let (_, _, message) = self
+            .wait_condition(ns, "chat", "Ready", "False", Some("MissingSecret"))
+            .await?;
         ensure!(message.contains("chat-jwt"), "{message}");
         let hash = |d: Deployment| {
-            d.spec?.template.metadata?.annotations?.get("realtime.halobuzz.com/secrets-hash").cloned()
+            d.spec?
+                .template
+                .metadata?
+                .annotations?
+                .get("realtime.halobuzz.com/secrets-hash")
+                .cloned()
         };
         self.secret(ns, "chat-jwt", &[("secret", "one")]).await?;
-        self.wait_condition(ns, "chat", "Ready", "False", Some("GatewayUnavailable")).await?;
-        let first = wait("a secrets hash", T, || async { hash(self.get::<Deployment>(ns, "chat").await?) }).await?;
+        self.wait_condition(ns, "chat", "Ready", "False", Some("GatewayUnavailable"))
+            .await?;
+        let first = wait("a secrets hash", T, || async {
+            hash(self.get::<Deployment>(ns, "chat").await?)
+        })
+        .await?;
         // Rotating a Secret read at start rolls the pods (the template changes)...
         self.secret(ns, "chat-jwt", &[("secret", "two")]).await?;
         wait("a new secrets hash", T, || async {
@@ -698,56 +983,103 @@ impl Tests {
         })
         .await?;
         // ...rotating the JWT keys directory does not: the gateway reloads it.
-        self.secret(ns, "keys", &[("k1", "first-key-of-at-least-32-bytes-long!!")]).await?;
-        self.apply_lr(ns, "rotating", json!({"jwtKeysSecretRef": {"name": "keys"}})).await?;
+        self.secret(
+            ns,
+            "keys",
+            &[("k1", "first-key-of-at-least-32-bytes-long!!")],
+        )
+        .await?;
+        self.apply_lr(
+            ns,
+            "rotating",
+            json!({"jwtKeysSecretRef": {"name": "keys"}}),
+        )
+        .await?;
         let template = |d: Deployment| serde_json::to_value(d.spec?.template).ok();
-        let before = wait("the keys-dir Deployment", T, || async { template(self.get::<Deployment>(ns, "rotating").await?) }).await?;
-        self.secret(ns, "keys", &[("k1", "first-key-of-at-least-32-bytes-long!!"), ("k2", "second-key-of-at-least-32-bytes-long!")])
-            .await?;
+        let before = wait("the keys-dir Deployment", T, || async {
+            template(self.get::<Deployment>(ns, "rotating").await?)
+        })
+        .await?;
+        self.secret(
+            ns,
+            "keys",
+            &[
+                ("k1", "first-key-of-at-least-32-bytes-long!!"),
+                ("k2", "second-key-of-at-least-32-bytes-long!"),
+            ],
+        )
+        .await?;
         tokio::time::sleep(Duration::from_secs(7)).await;
-        let after = template(self.get::<Deployment>(ns, "rotating").await.context("d")?).context("t")?;
-        ensure!(before == after, "rotating the JWT keys changed the pod template");
+        let after =
+            template(self.get::<Deployment>(ns, "rotating").await.context("d")?).context("t")?;
+        ensure!(
+            before == after,
+            "rotating the JWT keys changed the pod template"
+        );
         Ok(())
     }
 
     pub async fn scale_to_zero_reports_zero(self) -> Result<()> {
         let ns = "zero";
         self.secret(ns, "chat-jwt", &[("secret", "x")]).await?;
-        self.apply_lr(ns, "chat", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}})).await?;
+        self.apply_lr(
+            ns,
+            "chat",
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}}),
+        )
+        .await?;
         wait("2 pods reported", T, || async {
             (self.lr(ns, "chat").await?.data["status"]["replicas"] == 2).then_some(())
         })
         .await?;
         self.scale(ns, "chat", 0).await?;
-        let (_, _, message) = self.wait_condition(ns, "chat", "Ready", "True", Some("ScaledToZero")).await?;
+        let (_, _, message) = self
+            .wait_condition(ns, "chat", "Ready", "True", Some("ScaledToZero"))
+            .await?;
         ensure!(message.contains("0"), "{message}");
         // Pods go; the count must follow them to 0 (it used to stay at the last non-zero value).
         wait("status.replicas at 0", T, || async {
             let lr = self.lr(ns, "chat").await?;
-            (lr.data["status"]["replicas"] == 0 && lr.data["status"]["readyRatio"] == "0/0").then_some(())
+            (lr.data["status"]["replicas"] == 0 && lr.data["status"]["readyRatio"] == "0/0")
+                .then_some(())
         })
         .await?;
         let scale = self.lrts(ns).get_scale("chat").await?;
-        ensure!(scale.status.context("scale status")?.replicas == 0, "the scale subresource reports a stale count");
+        ensure!(
+            scale.status.context("scale status")?.replicas == 0,
+            "the scale subresource reports a stale count"
+        );
         Ok(())
     }
 
     pub async fn steady_state_writes_nothing(self, operator_user: &str) -> Result<()> {
         let ns = "steady";
         self.secret(ns, "chat-jwt", &[("secret", "x")]).await?;
-        self.apply_lr(ns, "chat", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"},
-            "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 4}}))
-            .await?;
+        self.apply_lr(
+            ns,
+            "chat",
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"},
+            "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 4}}),
+        )
+        .await?;
         self.until_ready(ns, "chat").await?;
         // Settled: nothing written for a few seconds.
         wait("a quiet operator", T, || async {
             let since = Timestamp::now();
             tokio::time::sleep(Duration::from_secs(3)).await;
-            let writes = self.cp.audited(operator_user, since).into_iter().filter(|e| e.is_write() && e.namespace == ns).count();
+            let writes = self
+                .cp
+                .audited(operator_user, since)
+                .into_iter()
+                .filter(|e| e.is_write() && e.namespace == ns)
+                .count();
             (writes == 0).then_some(())
         })
         .await?;
-        let window: u64 = std::env::var("LIVE_ENVTEST_STEADY_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+        let window: u64 = std::env::var("LIVE_ENVTEST_STEADY_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20);
         let started = Timestamp::now();
         let hpas: Api<HorizontalPodAutoscaler> = self.api(ns);
         let end = std::time::Instant::now() + Duration::from_secs(window);
@@ -760,7 +1092,8 @@ impl Tests {
                 "lastScaleTime": Timestamp::now().to_string(),
                 "currentMetrics": [{"type": "Pods", "pods": {"metric": {"name": "ws_active_connections"},
                     "current": {"averageValue": format!("{}", 100 + tick)}}}]}});
-            hpas.patch_status("chat", &PatchParams::default(), &Patch::Merge(&status)).await?;
+            hpas.patch_status("chat", &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         let writes: Vec<_> = self
@@ -769,19 +1102,41 @@ impl Tests {
             .into_iter()
             .filter(|e| e.is_write() && e.namespace == ns)
             .collect();
-        let reads = self.cp.audited(operator_user, started).into_iter().filter(|e| !e.is_write() && e.namespace == ns).count();
+        let reads = self
+            .cp
+            .audited(operator_user, started)
+            .into_iter()
+            .filter(|e| !e.is_write() && e.namespace == ns)
+            .count();
         eprintln!(
             "steady state: {} write requests (PATCH/PUT/POST/DELETE) by the operator in {window} s with {tick} HPA status ticks and a 5 s resync ({reads} reads in the namespace)",
             writes.len()
         );
-        ensure!(writes.is_empty(), "writes in steady state: {:#?}", writes.iter().map(|e| format!("{} {}", e.verb, e.uri)).collect::<Vec<_>>());
+        ensure!(
+            writes.is_empty(),
+            "writes in steady state: {:#?}",
+            writes
+                .iter()
+                .map(|e| format!("{} {}", e.verb, e.uri))
+                .collect::<Vec<_>>()
+        );
         Ok(())
     }
 
-    pub async fn leader_election_takes_over_when_the_leader_is_killed(self, a: &mut Operator, b: &mut Operator) -> Result<()> {
+    pub async fn leader_election_takes_over_when_the_leader_is_killed(
+        self,
+        a: &mut Operator,
+        b: &mut Operator,
+    ) -> Result<()> {
         let leases: Api<Lease> = Api::namespaced(self.cp.admin.clone(), "live-system");
         let holder = || async {
-            leases.get_opt("live-operator").await.ok().flatten()?.spec?.holder_identity
+            leases
+                .get_opt("live-operator")
+                .await
+                .ok()
+                .flatten()?
+                .spec?
+                .holder_identity
         };
         let first = wait("a lease holder", T, holder).await?;
         let (leader, follower) = if first == a.identity { (a, b) } else { (b, a) };
@@ -790,19 +1145,33 @@ impl Tests {
         ensure!(follower.metrics().await?.contains("live_operator_leader 0"));
         let killed = std::time::Instant::now();
         leader.kill().await;
-        let next = wait("the follower taking the lease", Duration::from_secs(45), || async {
-            let h = holder().await?;
-            (h == follower.identity).then_some(h)
-        })
+        let next = wait(
+            "the follower taking the lease",
+            Duration::from_secs(45),
+            || async {
+                let h = holder().await?;
+                (h == follower.identity).then_some(h)
+            },
+        )
         .await?;
         let took = killed.elapsed();
-        eprintln!("leader election: {next} took over {:.1} s after {} was killed (lease 15 s)", took.as_secs_f64(), leader.identity);
+        eprintln!(
+            "leader election: {next} took over {:.1} s after {} was killed (lease 15 s)",
+            took.as_secs_f64(),
+            leader.identity
+        );
         ensure!(took < Duration::from_secs(30), "took {took:?}");
         // And it reconciles.
         let ns = "takeover";
         self.secret(ns, "chat-jwt", &[("secret", "x")]).await?;
-        self.apply_lr(ns, "chat", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}})).await?;
-        self.wait_condition(ns, "chat", "Ready", "False", Some("GatewayUnavailable")).await?;
+        self.apply_lr(
+            ns,
+            "chat",
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}}),
+        )
+        .await?;
+        self.wait_condition(ns, "chat", "Ready", "False", Some("GatewayUnavailable"))
+            .await?;
         ensure!(follower.metrics().await?.contains("live_operator_leader 1"));
         Ok(())
     }
@@ -814,10 +1183,18 @@ impl Tests {
             .await?;
         let ns = "outside";
         self.secret(ns, "chat-jwt", &[("secret", "x")]).await?;
-        self.apply_lr(ns, "chat", json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}})).await?;
+        self.apply_lr(
+            ns,
+            "chat",
+            json!({"jwtSecretRef": {"name": "chat-jwt", "key": "secret"}}),
+        )
+        .await?;
         tokio::time::sleep(Duration::from_secs(8)).await;
         let lr = self.lr(ns, "chat").await.context("lr")?;
-        ensure!(lr.data.get("status").is_none_or(Value::is_null), "an unwatched namespace was reconciled");
+        ensure!(
+            lr.data.get("status").is_none_or(Value::is_null),
+            "an unwatched namespace was reconciled"
+        );
         ensure!(self.get::<Deployment>(ns, "chat").await.is_none());
         Ok(())
     }
