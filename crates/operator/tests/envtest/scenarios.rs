@@ -689,9 +689,16 @@ impl Tests {
             .get::<HorizontalPodAutoscaler>(ns, "chat")
             .await
             .context("hpa")?;
-        ensure!(hpa.spec.context("spec")?.scale_target_ref.kind == "LiveRealtime");
-        // What the HPA does on load: scale the LiveRealtime.
-        self.scale(ns, "chat", 5).await?;
+        let target = hpa.spec.context("spec")?.scale_target_ref;
+        // What the HPA does on load: scale its target (whatever it is) through /scale.
+        let body = json!({"spec": {"replicas": 5}});
+        if target.kind == "LiveRealtime" {
+            self.scale(ns, "chat", 5).await?;
+        } else {
+            self.api::<Deployment>(ns)
+                .patch_scale(&target.name, &PatchParams::default(), &Patch::Merge(&body))
+                .await?;
+        }
         wait("the Deployment at 5", T, || async {
             (self.deployment_replicas(ns, "chat").await? == 5).then_some(())
         })
@@ -720,6 +727,11 @@ impl Tests {
         ensure!(
             self.deployment_replicas(ns, "chat").await == Some(5),
             "turning autoscaling on changed the count"
+        );
+        ensure!(
+            target.kind == "LiveRealtime",
+            "the HPA scales {}, not the LiveRealtime",
+            target.kind
         );
         Ok(())
     }
