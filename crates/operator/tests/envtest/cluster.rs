@@ -105,14 +105,13 @@ impl ControlPlane {
             }
             (kube::discovery::Scope::Cluster, _) => Api::all_with(self.admin.clone(), &ar),
         };
-        Ok(api
-            .patch(
-                name,
-                &PatchParams::apply(TEST_MANAGER).force(),
-                &Patch::Apply(obj),
-            )
-            .await
-            .with_context(|| format!("applying {kind} {name}"))?)
+        api.patch(
+            name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .with_context(|| format!("applying {kind} {name}"))
     }
 
     pub async fn namespace(&self, name: &str) -> Result<()> {
