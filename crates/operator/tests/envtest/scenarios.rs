@@ -1075,6 +1075,16 @@ impl Tests {
         )
         .await?;
         self.until_ready(ns, "chat").await?;
+        // The HPA's first evaluation is a real state change (no metrics adapter here:
+        // `MetricUnavailable`); the measurement starts after it.
+        self.wait_condition(
+            ns,
+            "chat",
+            "AutoscalingReady",
+            "False",
+            Some("MetricUnavailable"),
+        )
+        .await?;
         // Settled: nothing written for a few seconds.
         wait("a quiet operator", T, || async {
             let since = Timestamp::now();
