@@ -1076,13 +1076,15 @@ impl Tests {
         .await?;
         self.until_ready(ns, "chat").await?;
         // The HPA's first evaluation is a real state change (no metrics adapter here:
-        // `MetricUnavailable`); the measurement starts after it.
-        self.wait_condition(
-            ns,
-            "chat",
-            "AutoscalingReady",
-            "False",
-            Some("MetricUnavailable"),
+        // `MetricUnavailable`, after the controller's first sync of the new HPA, which can take a
+        // minute); the measurement starts after it.
+        wait(
+            "the HPA's first evaluation",
+            Duration::from_secs(150),
+            || async {
+                let c = condition(&self.lr(ns, "chat").await?, "AutoscalingReady")?;
+                (c.1 == "MetricUnavailable").then_some(())
+            },
         )
         .await?;
         // Settled: nothing written for a few seconds.
