@@ -834,7 +834,7 @@ impl LiveRealtimeSpec {
         }
     }
 
-    /// True when an HPA owns the replica count.
+    /// True when an HPA scales this LiveRealtime.
     pub fn autoscaling_enabled(&self) -> bool {
         self.autoscaling.as_ref().is_some_and(|a| a.enabled)
     }
