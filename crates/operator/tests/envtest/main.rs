@@ -169,6 +169,11 @@ async fn suite(dir: &std::path::Path) -> Result<()> {
             .await?;
     }
 
+    // The node the kubelet stand-in binds pods to: it must exist, or the pod garbage collector
+    // deletes them as orphans (a real state change in the middle of a steady-state measurement).
+    cp.apply_value(&serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "envtest-node"}}))
+        .await?;
+
     // Phase 1: the default install (cluster-wide), two replicas with leader election.
     let env = install_chart_rbac(&cp, SYSTEM_NS, &[]).await?;
     let kubeconfig = cp.service_account_kubeconfig(SYSTEM_NS, SA).await?;
