@@ -537,7 +537,10 @@ pub async fn patch_status(
     lr: &LiveRealtime,
     status: &LiveRealtimeStatus,
 ) -> Result<()> {
-    let api: Api<LiveRealtime> = Api::namespaced(client.clone(), ns);
+    // Not `Api<LiveRealtime>`: the response would be decoded, and a field from a newer CRD
+    // (which this operator's watch may still see pruned) would fail the write that succeeded.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<LiveRealtime>(&()));
     let body = serde_json::json!({
         "apiVersion": LiveRealtime::api_version(&()),
         "kind": LiveRealtime::kind(&()),
