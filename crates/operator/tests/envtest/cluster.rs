@@ -41,7 +41,6 @@ impl ControlPlane {
             .arg(std::process::id().to_string())
             .arg(audited_users.join(","))
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .context("starting controlplane.sh")?;
         let kubeconfig = dir.join("kubeconfig");
@@ -202,6 +201,19 @@ impl ControlPlane {
                 })
             })
             .collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    /// SIGTERM, not SIGKILL: the supervisor's trap stops exactly the processes it started
+    /// (killed outright, it would orphan them). Should this process die before dropping, the
+    /// supervisor notices within a second and does the same.
+    fn drop(&mut self) {
+        if let Some(pid) = self._supervisor.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
     }
 }
 

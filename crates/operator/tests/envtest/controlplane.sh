@@ -12,8 +12,19 @@ bin=${KUBEBUILDER_ASSETS:?KUBEBUILDER_ASSETS is not set}
 pki=$dir/pki
 mkdir -p "$pki" "$dir/etcd" && chmod 700 "$dir/etcd"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT TERM INT
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The apiserver drains for a few seconds on SIGTERM; never leave anything behind.
+  for _ in $(seq 1 50); do
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0
+    sleep 0.2
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 0' TERM INT
 
 ca() { openssl req -x509 -newkey rsa:2048 -nodes -keyout "$pki/$1.key" -out "$pki/$1.crt" -days 2 \
   -subj "/CN=$2" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null; }
@@ -99,5 +110,5 @@ pids+=($!)
 kubeconfig "$dir/kubeconfig.tmp" admin admin && mv "$dir/kubeconfig.tmp" "$dir/kubeconfig"
 while kill -0 "$parent" 2>/dev/null; do
   for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { echo "a control-plane process ($p) exited" >&2; exit 1; }; done
-  sleep 1
+  sleep 1 & wait $! || true
 done
