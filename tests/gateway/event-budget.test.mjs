@@ -1,0 +1,66 @@
+// Per-connection bounds (issue 11, point 2): at most limits.maxChannelsPerSocket channels (32),
+// and a budget for every inbound event whatever its name (rateLimits.eventsPerSecond 20,
+// rateLimits.eventBurst 100): over it an event is refused with too_many_events, and a socket
+// that keeps sending a whole burst over it is disconnected.
+
+import { describe, test, before, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startGateway, connect, closeAllSockets, user, chan, emitAck, join, refusal, waitDisconnect,
+  metricsText, metricValue, OK,
+} from './harness.mjs';
+
+afterEach(closeAllSockets);
+
+const TOO_MANY_EVENTS = refusal('too_many_events', 'Too many events, slow down');
+
+describe('per-connection bounds', () => {
+  let gw;
+  before(async () => { gw = await startGateway(); });
+  after(async () => { await gw?.stop(); });
+
+  test('a socket may be in 32 channels at once; the 33rd join is refused until it leaves one', async () => {
+    const s = await connect(gw, user().token);
+    const channels = Array.from({ length: 33 }, () => chan());
+    for (const c of channels.slice(0, 32)) assert.deepEqual(await emitAck(s, 'join', { channelName: c }), OK, c);
+    assert.deepEqual(await emitAck(s, 'join', { channelName: channels[32] }),
+      refusal('too_many_channels', 'Too many channels joined'));
+    assert.deepEqual(await emitAck(s, 'leave', { channelName: channels[0] }), OK);
+    assert.deepEqual(await emitAck(s, 'join', { channelName: channels[32] }), OK);
+  });
+
+  test('heartbeats beyond the burst are refused with too_many_events, and the budget refills', async () => {
+    const s = await connect(gw, user().token);
+    // Sent at once: the burst (100) is handled, the rest refused; far fewer than a burst of
+    // refusals in a row, so the socket stays.
+    const acks = await Promise.all(Array.from({ length: 130 }, () => emitAck(s, 'heartbeat', {}, 5000)));
+    const refused = acks.filter((a) => a.error?.code === 'too_many_events');
+    assert.ok(refused.length >= 20 && refused.length <= 30, `${refused.length} of 130 heartbeats refused`);
+    assert.deepEqual(refused[0], TOO_MANY_EVENTS);
+    assert.equal(s.connected, true, 'refusals interleaved with allowed events do not disconnect');
+    await new Promise((r) => { setTimeout(r, 600); });
+    assert.deepEqual(await emitAck(s, 'heartbeat', {}), OK, 'tokens come back at 20 per second');
+  });
+
+  test('unknown events spend the same budget', async () => {
+    const s = await connect(gw, user().token);
+    for (let i = 0; i < 150; i++) s.emit('no:such:event', { i });
+    assert.deepEqual(await emitAck(s, 'heartbeat', {}), TOO_MANY_EVENTS);
+  });
+
+  test('a socket that keeps sending a whole burst over its budget is disconnected, and others are not', async () => {
+    const before = await metricsText(gw);
+    const bystander = await connect(gw, user().token);
+    const flooder = await connect(gw, user().token);
+    for (let i = 0; i < 400; i++) flooder.emit('heartbeat', {});
+    const { reason } = await waitDisconnect(flooder, 5000);
+    assert.equal(reason, 'io server disconnect');
+    const after = await metricsText(gw);
+    assert.equal(metricValue(after, 'ws_disconnects_total', { reason: 'event_budget' })
+      - metricValue(before, 'ws_disconnects_total', { reason: 'event_budget' }), 1);
+    assert.ok(metricValue(after, 'ws_rate_limit_hits_total', { kind: 'events' }) > 0);
+    const channelName = chan();
+    await join(bystander, channelName);
+    assert.deepEqual(await emitAck(bystander, 'chat:send', { channelName, message: 'unaffected' }), OK);
+  });
+});
