@@ -138,11 +138,17 @@ impl<A: Adapter> Client<A> {
         let (tx, rx) = oneshot::channel();
         socket.data.connect_recv_tx.lock().unwrap().replace(tx);
 
+        // live-realtime fork: the timer holds the socket weakly. Upstream's strong reference
+        // kept every session that closed without connecting (and its request parts and
+        // queue) alive until the timeout fired.
+        let socket = Arc::downgrade(&socket);
         tokio::spawn(
             tokio::time::timeout(self.config.connect_timeout, rx).map_err(move |_| {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("connect timeout for socket {}", socket.id);
-                socket.close(EIoDisconnectReason::TransportClose);
+                if let Some(socket) = socket.upgrade() {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("connect timeout for socket {}", socket.id);
+                    socket.close(EIoDisconnectReason::TransportClose);
+                }
             }),
         );
     }
