@@ -18,14 +18,14 @@ use socketioxide::socket::DisconnectReason;
 
 use crate::auth::Claims;
 use crate::budget::Verdict;
-use crate::churn::{self, Decision};
+use crate::churn::Decision;
 use crate::error::{Error, Result};
 use crate::handshake;
 use crate::presence::Announce;
 use crate::protocol::{self, Action, Role, inbound, outbound};
 use crate::ratelimit::Kind;
 use crate::sanitize::escape;
-use crate::session::{Membership, Session};
+use crate::session::{self, Membership, Session};
 use crate::state::{AppState, unix_millis};
 use crate::trust::{self, ModerationRight};
 
@@ -108,7 +108,7 @@ macro_rules! on_event {
                    State(st): State<AppState>,
                    Extension(c): Extension<Arc<Session>>| {
                 let t = Instant::now();
-                let verdict = over_budget(&st, &c, t);
+                let verdict = session::take_event(&st, &c, t);
                 let r = match (verdict, d) {
                     (Verdict::Allowed, Ok(v)) => $handler(&s, &st, &c, &v).await,
                     (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
@@ -116,7 +116,7 @@ macro_rules! on_event {
                 };
                 finish(&s, ack, &st, $kind, r, t);
                 if verdict == Verdict::Disconnect {
-                    disconnect_over_budget(s, &st);
+                    session::disconnect_over_budget(s, &st);
                 }
             },
         )
@@ -145,8 +145,8 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
                 .with_label_values(&["unknown", "in"])
                 .inc();
             st.metrics.error("unknown_event");
-            if over_budget(&st, &c, Instant::now()) == Verdict::Disconnect {
-                disconnect_over_budget(s, &st);
+            if session::take_event(&st, &c, Instant::now()) == Verdict::Disconnect {
+                session::disconnect_over_budget(s, &st);
             }
         },
     );
@@ -170,32 +170,6 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
             }
         },
     );
-}
-
-/// Counts one event against the connection's budget; an event over it is counted as a rate
-/// limit hit.
-fn over_budget(st: &AppState, session: &Session, now: Instant) -> Verdict {
-    let limits = &st.config().gateway.rate_limits;
-    let verdict = session.take_event(now, limits.events_per_second, limits.event_burst);
-    if verdict != Verdict::Allowed {
-        st.metrics
-            .rate_limit_hits
-            .with_label_values(&["events"])
-            .inc();
-    }
-    verdict
-}
-
-/// Disconnects a socket that kept sending a whole burst of events over its budget.
-fn disconnect_over_budget<A: Adapter>(s: SocketRef<A>, st: &AppState) {
-    if let Some(suppressed) = st.logs.admit("event_budget_disconnect") {
-        tracing::info!(
-            suppressed,
-            "socket disconnected: it kept sending events over its budget (sampled)"
-        );
-    }
-    // Failing means it is gone already.
-    let _ = s.disconnect();
 }
 
 /// Sends the outcome of one client event: nothing more on success, an `error` event on refusal,
@@ -256,32 +230,12 @@ pub async fn emit_to_room<A: Adapter, T: Serialize + ?Sized>(
     }
 }
 
-/// Whether the socket is in `channel`: the session's answer, confirmed against the adapter
-/// when it is old (see [`Session`]).
-fn is_member<A: Adapter>(s: &SocketRef<A>, session: &Session, channel: &str) -> bool {
-    let now = Instant::now();
-    match session.membership(channel, now) {
-        Membership::No => false,
-        Membership::Yes => true,
-        Membership::Unconfirmed => {
-            confirm_membership(s, session, now);
-            session.membership(channel, now) != Membership::No
-        }
-    }
-}
-
-/// Replaces the session's channel list with the adapter's: one copy of the socket's rooms.
-fn confirm_membership<A: Adapter>(s: &SocketRef<A>, session: &Session, now: Instant) {
-    let rooms = s.rooms();
-    session.confirm(rooms.iter().filter_map(|r| protocol::channel_of(r)), now);
-}
-
 async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Value) -> Result<()> {
     let j = protocol::parse_join(v)?;
     let now = Instant::now();
     if c.membership(j.channel, now) != Membership::No {
         // Already listed: the adapter decides (an `end` on another replica may have removed it).
-        confirm_membership(s, c, now);
+        session::confirm_membership(s, c, now);
         if c.membership(j.channel, now) != Membership::No {
             return Ok(());
         }
@@ -292,7 +246,7 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
     let max = st.config().gateway.limits.max_channels_per_socket;
     if c.add(j.channel, max).is_err() {
         // The list may hold channels ended elsewhere; ask the adapter once before refusing.
-        confirm_membership(s, c, now);
+        session::confirm_membership(s, c, now);
         c.add(j.channel, max).map_err(|_| Error::TooManyChannels)?;
     }
     let room = protocol::room(j.channel);
@@ -308,7 +262,7 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
         emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
         return Ok(());
     }
-    let change = held(c, j.channel, Some(j.role));
+    let change = c.change(j.channel, Some(j.role));
     if st.presence_churn(s.id, change) == Decision::Announce {
         announce(
             s.within(room),
@@ -323,16 +277,6 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
     }
     emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
     Ok(())
-}
-
-/// A change for churn damping, with the session's outgoing names.
-fn held(c: &Session, channel: &str, joined: Option<Role>) -> churn::Held {
-    churn::Held {
-        channel: channel.to_owned(),
-        joined,
-        user_id: c.user_id_out.clone(),
-        username: c.username_out.clone(),
-    }
 }
 
 /// Announces one socket's join (`joined` is its role) or leave to `room_ops`:
@@ -388,7 +332,7 @@ async fn heartbeat<A: Adapter>(
 
 async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Value) -> Result<()> {
     let channel = protocol::channel(v)?;
-    if !is_member(s, c, channel) {
+    if !session::is_member(s, c, channel) {
         return Err(Error::NotMember);
     }
     c.remove(channel);
@@ -407,7 +351,7 @@ async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session
     if st.presence_left(channel, &c.user_id_out) == Announce::Batched {
         return;
     }
-    if st.presence_churn(s.id, held(c, channel, None)) != Decision::Announce {
+    if st.presence_churn(s.id, c.change(channel, None)) != Decision::Announce {
         return;
     }
     let room = protocol::room(channel);
@@ -426,7 +370,7 @@ async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session
 /// The channel of a member-only event, after the payload and membership checks.
 fn member_channel<'v, A: Adapter>(s: &SocketRef<A>, c: &Session, v: &'v Value) -> Result<&'v str> {
     let channel = protocol::channel(v)?;
-    if !is_member(s, c, channel) {
+    if !session::is_member(s, c, channel) {
         return Err(Error::NotMember);
     }
     Ok(channel)
@@ -496,7 +440,7 @@ async fn moderate<A: Adapter>(
     let moderation = &config.gateway.moderation;
     match trust::moderation_right(&c.claims, moderation) {
         None => return Err(Error::Forbidden),
-        Some(ModerationRight::OgLevel) if !is_member(s, c, channel) => {
+        Some(ModerationRight::OgLevel) if !session::is_member(s, c, channel) => {
             return Err(Error::NotMember);
         }
         Some(_) => {}

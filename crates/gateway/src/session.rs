@@ -17,10 +17,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+
 use crate::auth::Claims;
 use crate::budget::{EventBudget, Verdict};
+use crate::churn;
+use crate::protocol::{self, Role};
 use crate::sanitize;
-use crate::state::lock;
+use crate::state::{AppState, lock};
 
 /// How old a positive membership answer may be before it is confirmed against the adapter.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -141,6 +146,63 @@ impl Session {
     pub fn channels(&self) -> Vec<Box<str>> {
         lock(&self.channels).names.clone()
     }
+
+    /// This socket's join (`Some(role)`) or leave of `channel`, for churn damping, with its
+    /// outgoing names.
+    pub fn change(&self, channel: &str, joined: Option<Role>) -> churn::Held {
+        churn::Held {
+            channel: channel.to_owned(),
+            joined,
+            user_id: self.user_id_out.clone(),
+            username: self.username_out.clone(),
+        }
+    }
+}
+
+/// Whether the socket is in `channel`: the session's answer, confirmed against the adapter
+/// when it is old.
+pub fn is_member<A: Adapter>(s: &SocketRef<A>, session: &Session, channel: &str) -> bool {
+    let now = Instant::now();
+    match session.membership(channel, now) {
+        Membership::No => false,
+        Membership::Yes => true,
+        Membership::Unconfirmed => {
+            confirm_membership(s, session, now);
+            session.membership(channel, now) != Membership::No
+        }
+    }
+}
+
+/// Replaces the session's channel list with the adapter's: one copy of the socket's rooms.
+pub fn confirm_membership<A: Adapter>(s: &SocketRef<A>, session: &Session, now: Instant) {
+    let rooms = s.rooms();
+    session.confirm(rooms.iter().filter_map(|r| protocol::channel_of(r)), now);
+}
+
+/// Counts one event against the connection's budget, with the limits in force now; an event
+/// over it is counted as a rate-limit hit.
+pub fn take_event(st: &AppState, session: &Session, now: Instant) -> Verdict {
+    let limits = &st.config().gateway.rate_limits;
+    let verdict = session.take_event(now, limits.events_per_second, limits.event_burst);
+    if verdict != Verdict::Allowed {
+        st.metrics
+            .rate_limit_hits
+            .with_label_values(&["events"])
+            .inc();
+    }
+    verdict
+}
+
+/// Disconnects a socket that kept sending a whole burst of events over its budget.
+pub fn disconnect_over_budget<A: Adapter>(s: SocketRef<A>, st: &AppState) {
+    if let Some(suppressed) = st.logs.admit("event_budget_disconnect") {
+        tracing::info!(
+            suppressed,
+            "socket disconnected: it kept sending events over its budget (sampled)"
+        );
+    }
+    // Failing means it is gone already.
+    let _ = s.disconnect();
 }
 
 #[cfg(test)]
