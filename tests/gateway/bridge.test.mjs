@@ -240,8 +240,9 @@ describe('bridge', () => {
       const r = await bridge(gw, 'POST', `/v1/channels/${channelName}/moderation`,
         { action: 'mute', by: 'ts', byUsername: 'T&S', reason: 'spam', targetUserId: u.userId, durationSeconds: 1 }, service());
       assert.equal(r.status, 202);
+      // Every outgoing string is escaped HTML text: `T&S` goes out as `T&amp;S`.
       assertEvent(await nextEvent(s, 'mod:event'), {
-        action: 'mute', by: 'ts', byUsername: 'T&S', reason: 'spam', targetUserId: u.userId, durationSeconds: 1,
+        action: 'mute', by: 'ts', byUsername: 'T&amp;S', reason: 'spam', targetUserId: u.userId, durationSeconds: 1,
       }, since);
       assert.deepEqual(await emitAck(s, 'chat:send', { channelName, message: 'hi' }), refusal('muted', 'You are muted in this channel'));
       await sleep(Math.max(0, since + 1600 - Date.now()));

@@ -1,6 +1,6 @@
 // Many replicas as one: two (and three) real gateway processes sharing a real redis-server,
 // driven by socket.io-client. Covers cross-replica chat, gifts, presence and bridge calls,
-// cluster-wide viewer counts and presence, a shared rate limit, mutes and `end` across replicas,
+// cluster-wide viewer counts and presence, a shared rate limit, mutes, host assertions and `end` across replicas,
 // a SIGKILLed replica dropping out of counts, and a Redis outage with recovery.
 
 import { test, before, after, afterEach } from 'node:test';
@@ -169,6 +169,22 @@ test("a user's rate limit is shared across replicas", { skip }, async () => {
   }
   assert.equal(acks.filter((a) => a.ok).length, 4, JSON.stringify(acks));
   assert.deepEqual(acks[5], refusal('rate_limited', 'Rate limit exceeded for messages'));
+});
+
+test("a host asserted through one replica's bridge may join as host on the other, until withdrawn", { skip }, async () => {
+  const c = chan();
+  const host = user();
+  const route = `/v1/channels/${c}/hosts/${encodeURIComponent(host.userId)}`;
+  const call = (gw, method) => http(`${gw.adminUrl}${route}`, {
+    method, headers: { authorization: `Bearer ${bridgeToken}`, 'content-type': 'application/json' }, body: method === 'PUT' ? '{}' : undefined,
+  });
+  assert.equal((await call(gw1, 'PUT')).status, 200);
+  const s = await connect(gw2, host.token);
+  assert.deepEqual(await emitAck(s, 'join', { channelName: c, role: 'host' }), OK);
+  assert.equal((await call(gw2, 'DELETE')).status, 200);
+  const again = await connect(gw1, host.token);
+  assert.deepEqual(await emitAck(again, 'join', { channelName: c, role: 'host' }),
+    refusal('host_not_allowed', 'Not allowed to join as host'));
 });
 
 test('a mute set on one replica is enforced on the other, and end removes members everywhere', { skip }, async () => {

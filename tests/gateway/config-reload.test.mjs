@@ -129,6 +129,7 @@ describe('config file reload', () => {
   test('lowering moderation.minOgLevel lets a lower ogLevel moderate', async () => {
     const channelName = chan();
     const mod = await connect(gw, user({ ogLevel: 3 }).token);
+    await join(mod, channelName); // an ogLevel moderator acts only in its channels
     assert.equal((await emitAck(mod, 'mod:decision', { channelName, action: 'warn' })).error?.code, 'forbidden');
     writeAtomic(file, yaml({ minOgLevel: 3 }));
     const ok = await poll(async () => (await emitAck(mod, 'mod:decision', { channelName, action: 'warn' })).ok, { timeoutMs: 5000, intervalMs: 300 });
@@ -236,6 +237,8 @@ describe('every config file setting is honoured', () => {
       [{ role: 'moderator' }, true], [{ ogLevel: 9 }, true], [{ role: 'admin' }, false], [{ ogLevel: 8 }, false],
     ]) {
       const s = await connect(gw, user(claims).token);
+      // An ogLevel moderator acts only in channels it is in; a role moderator anywhere.
+      if (claims.ogLevel !== undefined) assert.deepEqual(await emitAck(s, 'join', { channelName }), OK);
       const ack = await emitAck(s, 'mod:decision', { channelName, action: 'warn' });
       assert.deepEqual(ack, allowed ? OK : refusal('forbidden', 'Insufficient privileges for moderation'), JSON.stringify(claims));
       s.close();

@@ -17,7 +17,7 @@ describe('gifts', () => {
   after(async () => { await gw?.stop(); });
 
   async function room() {
-    const a = user();
+    const a = user({ role: 'host' });
     const b = user();
     const channelName = chan();
     const sa = await connect(gw, a.token);

@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { io } from 'socket.io-client';
+import WebSocket from 'ws';
 
 export { sleep };
 
@@ -471,4 +472,83 @@ export async function poll(fn, { timeoutMs = 5000, intervalMs = 100 } = {}) {
     if (Date.now() > deadline) return last;
     await sleep(intervalMs);
   }
+}
+
+// ---------------------------------------------------------------------------
+// Raw Engine.IO frames over WebSocket, for what the official client never sends.
+
+/**
+ * Opens a raw Engine.IO v4 WebSocket session and waits for its open packet. Answers pings.
+ * Returns {ws, send(text), sendBinary(buf), nextFrame(pred, ms), frames, closed, isClosed()}.
+ * `closed` resolves with {code, at} when the server (or anyone) closes the connection.
+ */
+export async function rawSession(gw, { headers = {}, answerPings = true } = {}) {
+  const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/ws/?EIO=4&transport=websocket`, { headers });
+  const frames = [];
+  const waiters = [];
+  let isClosed = false;
+  const closed = new Promise((resolve) => {
+    ws.on('close', (code) => { isClosed = true; resolve({ code, at: Date.now() }); });
+  });
+  ws.on('message', (data, isBinary) => {
+    const frame = isBinary ? data : data.toString();
+    if (answerPings && frame === '2') { ws.send('3'); return; }
+    const i = waiters.findIndex((w) => w.pred(frame));
+    if (i >= 0) waiters.splice(i, 1)[0].resolve(frame);
+    else frames.push(frame);
+  });
+  ws.on('error', () => {});
+  const nextFrame = (pred, ms = 2000) => {
+    const i = frames.findIndex((f) => pred(f));
+    if (i >= 0) return Promise.resolve(frames.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const w = { pred, resolve: (f) => { clearTimeout(timer); resolve(f); } };
+      const timer = setTimeout(() => {
+        waiters.splice(waiters.indexOf(w), 1);
+        reject(new Error(`no matching frame within ${ms} ms; buffered: ${JSON.stringify(frames.slice(0, 5))}`));
+      }, ms);
+      waiters.push(w);
+    });
+  };
+  await new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+  });
+  const session = {
+    ws,
+    frames,
+    closed,
+    isClosed: () => isClosed,
+    send: (text) => { if (ws.readyState === WebSocket.OPEN) ws.send(text); },
+    sendBinary: (buf) => { if (ws.readyState === WebSocket.OPEN) ws.send(buf, { binary: true }); },
+    nextFrame,
+    close: () => ws.terminate(),
+  };
+  openRaw.add(session);
+  await nextFrame((f) => typeof f === 'string' && f.startsWith('0'));
+  return session;
+}
+
+const openRaw = new Set();
+/** Closes every raw session opened through this harness. */
+export function closeAllRaw() {
+  for (const r of openRaw) r.close();
+  openRaw.clear();
+}
+
+/** Sends a namespace CONNECT with `token` and resolves with the answer frame (`40…` or `44…`). */
+export async function rawConnect(session, tok, namespace = '/live') {
+  session.send(`40${namespace},${JSON.stringify({ token: tok })}`);
+  return session.nextFrame((f) => typeof f === 'string'
+    && (f.startsWith(`40${namespace},`) || f.startsWith(`44${namespace},`)));
+}
+
+/** Resolves true if the session closes within `ms`, false otherwise. */
+export async function closesWithin(session, ms) {
+  let timer;
+  const t = new Promise((r) => { timer = setTimeout(() => r(false), ms); });
+  const r = await Promise.race([session.closed.then(() => true), t]);
+  clearTimeout(timer);
+  return r;
 }

@@ -46,8 +46,9 @@ describe('moderation', () => {
       { action: 'warn', by: mod.userId, byUsername: mod.username, reason: 'be nice', targetUserId: viewer.userId }, since);
   });
 
-  test('a user with ogLevel 5 may moderate', async () => {
+  test('a user with ogLevel 5 may moderate a channel it is in', async () => {
     const { channelName, sv, sm } = await setup({ ogLevel: 5 });
+    await join(sm, channelName, { others: [sv] });
     assert.deepEqual(await emitAck(sm, 'mod:decision', { channelName, action: 'warn' }), OK);
     assert.equal((await nextEvent(sv, 'mod:event')).action, 'warn');
   });
@@ -183,7 +184,7 @@ describe('moderation', () => {
 
   test('end sends mod:event, then removes every member: no more room traffic, chat gets not_member, rejoin works', async () => {
     const { channelName, mod, sv, sm } = await setup();
-    const host = user();
+    const host = user({ role: 'host' });
     const sh = await connect(gw, host.token);
     await join(sh, channelName, { role: 'host', others: [sv] });
     const since = Date.now();

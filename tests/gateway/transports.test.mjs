@@ -24,7 +24,7 @@ describe('transports', () => {
     });
 
     test(`over ${t}: join, chat, gift, heartbeat, a refusal and leave all behave as specified`, async () => {
-      const a = user();
+      const a = user({ role: 'host' });
       const b = user();
       const channelName = chan();
       const sa = await connect(gw, a.token, { transports });

@@ -20,6 +20,14 @@ pub const MAX_RATE_PER_MINUTE: u32 = 100_000;
 pub const MAX_MESSAGE_LENGTH: u32 = 10_000;
 pub const MAX_GIFT_QTY: u32 = 1_000_000;
 pub const MAX_MUTE_SECONDS: u64 = 30 * 24 * 3600;
+pub const MAX_CHANNELS_PER_SOCKET: u32 = 1_000;
+pub const MAX_REASON_LENGTH: u32 = 2_000;
+/// A JWT larger than this cannot be a sane token: the cap on `limits.maxTokenBytes`.
+pub const MAX_TOKEN_BYTES: u32 = 64 * 1024;
+pub const MAX_EVENTS_PER_SECOND: u32 = 10_000;
+pub const MAX_MUTES_PER_CHANNEL: u32 = 1_000_000;
+/// The one origin-list entry that allows every browser origin (never with credentials).
+pub const ANY_ORIGIN: &str = "*";
 
 /// The gateway's hot-reloadable settings.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -37,7 +45,8 @@ pub struct GatewayConfig {
     pub presence: Presence,
 }
 
-/// Per-user limits over a fixed one-minute window that starts with the user's first event.
+/// Per-user limits over a fixed one-minute window that starts with the user's first event, and
+/// the per-connection event budget.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct RateLimits {
@@ -47,6 +56,17 @@ pub struct RateLimits {
     /// Gift announcements a user may send per minute (default 30).
     #[schemars(range(min = 1, max = 100_000))]
     pub gifts_per_minute: u32,
+    /// Moderation decisions a user may send per minute (default 30).
+    #[schemars(range(min = 1, max = 100_000))]
+    pub moderation_per_minute: u32,
+    /// Events of any name one connection may send per second, sustained (default 20). Every
+    /// event counts: join, leave, chat, gifts, moderation, heartbeat and unknown names.
+    #[schemars(range(min = 1, max = 10_000))]
+    pub events_per_second: u32,
+    /// Events one connection may send in a burst above `eventsPerSecond` (default 100). A
+    /// connection that goes on sending this many events after running out is disconnected.
+    #[schemars(range(min = 1, max = 10_000))]
+    pub event_burst: u32,
 }
 
 impl Default for RateLimits {
@@ -54,6 +74,9 @@ impl Default for RateLimits {
         Self {
             messages_per_minute: 30,
             gifts_per_minute: 30,
+            moderation_per_minute: 30,
+            events_per_second: 20,
+            event_burst: 100,
         }
     }
 }
@@ -62,10 +85,11 @@ impl Default for RateLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Cors {
-    /// Exact origins (`scheme://host[:port]`). Absent: the gateway falls back to the `CORS_ALLOW`
-    /// environment variable, and when that is unset too every origin is allowed (with a warning).
-    /// Present, even empty: this list wins over `CORS_ALLOW`; an empty list refuses every request
-    /// that carries an `Origin` header (native mobile clients send none).
+    /// Exact origins (`scheme://host[:port]`), or `["*"]` for every origin (then without
+    /// credentials). Absent: the gateway falls back to the `CORS_ALLOW` environment variable, and
+    /// when that is unset too every browser origin is refused (unless the gateway runs with
+    /// `--dev`). Present, even empty: this list wins over `CORS_ALLOW`; an empty list refuses
+    /// every request that carries an `Origin` header (native mobile clients send none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_origins: Option<Vec<String>>,
 }
@@ -81,6 +105,10 @@ pub struct Moderation {
     /// How long a `mute` lasts when the moderator gives no `durationSeconds` (default 300).
     #[schemars(range(min = 1, max = 2_592_000))]
     pub mute_seconds: u64,
+    /// Active mutes kept per channel on one gateway; a new mute beyond it evicts the oldest
+    /// (default 1000).
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_mutes_per_channel: u32,
 }
 
 impl Default for Moderation {
@@ -89,6 +117,7 @@ impl Default for Moderation {
             admin_roles: vec!["admin".to_owned()],
             min_og_level: 5,
             mute_seconds: 300,
+            max_mutes_per_channel: 1000,
         }
     }
 }
@@ -103,6 +132,16 @@ pub struct Limits {
     /// Largest gift quantity (default 100).
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_gift_qty: u32,
+    /// Channels one connection may be in at once (default 32).
+    #[schemars(range(min = 1, max = 1_000))]
+    pub max_channels_per_socket: u32,
+    /// Longest moderation `reason` in characters, counted before sanitizing (default 200).
+    #[schemars(range(min = 1, max = 2_000))]
+    pub max_reason_length: u32,
+    /// Largest handshake token in bytes; a larger one is refused before its signature is
+    /// checked (default 4096).
+    #[schemars(range(min = 256, max = 65_536))]
+    pub max_token_bytes: u32,
 }
 
 impl Default for Limits {
@@ -110,6 +149,9 @@ impl Default for Limits {
         Self {
             max_message_length: 500,
             max_gift_qty: 100,
+            max_channels_per_socket: 32,
+            max_reason_length: 200,
+            max_token_bytes: 4096,
         }
     }
 }
@@ -196,6 +238,48 @@ impl GatewayConfig {
             MAX_RATE_PER_MINUTE,
         )?;
         range(
+            "rateLimits.moderationPerMinute",
+            self.rate_limits.moderation_per_minute,
+            1,
+            MAX_RATE_PER_MINUTE,
+        )?;
+        range(
+            "rateLimits.eventsPerSecond",
+            self.rate_limits.events_per_second,
+            1,
+            MAX_EVENTS_PER_SECOND,
+        )?;
+        range(
+            "rateLimits.eventBurst",
+            self.rate_limits.event_burst,
+            1,
+            MAX_EVENTS_PER_SECOND,
+        )?;
+        range(
+            "moderation.maxMutesPerChannel",
+            self.moderation.max_mutes_per_channel,
+            1,
+            MAX_MUTES_PER_CHANNEL,
+        )?;
+        range(
+            "limits.maxChannelsPerSocket",
+            self.limits.max_channels_per_socket,
+            1,
+            MAX_CHANNELS_PER_SOCKET,
+        )?;
+        range(
+            "limits.maxReasonLength",
+            self.limits.max_reason_length,
+            1,
+            MAX_REASON_LENGTH,
+        )?;
+        range(
+            "limits.maxTokenBytes",
+            self.limits.max_token_bytes,
+            256,
+            MAX_TOKEN_BYTES,
+        )?;
+        range(
             "moderation.muteSeconds",
             self.moderation.mute_seconds,
             1,
@@ -236,14 +320,27 @@ impl GatewayConfig {
                 reason: format!("role {role:?} is empty"),
             });
         }
-        for origin in self.cors.allowed_origins.iter().flatten() {
-            validate_origin(origin).map_err(|reason| ConfigError::Invalid {
+        if let Some(list) = &self.cors.allowed_origins {
+            validate_origin_list(list).map_err(|reason| ConfigError::Invalid {
                 field: "cors.allowedOrigins",
                 reason,
             })?;
         }
         Ok(())
     }
+}
+
+/// An origin list is exact origins, or `*` alone.
+fn validate_origin_list(list: &[String]) -> Result<(), String> {
+    if list.iter().any(|o| o == ANY_ORIGIN) {
+        if list.len() > 1 {
+            return Err(format!(
+                "{ANY_ORIGIN:?} allows every origin and must be the only entry"
+            ));
+        }
+        return Ok(());
+    }
+    list.iter().try_for_each(|o| validate_origin(o))
 }
 
 /// An allowed origin is what browsers send in `Origin`: `scheme://host[:port]`, nothing after.
@@ -260,13 +357,17 @@ pub fn validate_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a comma-separated origin list (the `CORS_ALLOW` variable), validating each entry.
+/// Parses a comma-separated origin list (the `CORS_ALLOW` variable): exact origins, or `*`
+/// alone for every origin.
 pub fn parse_origin_list(list: &str) -> Result<Vec<String>, String> {
-    list.split(',')
+    let origins: Vec<String> = list
+        .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|o| validate_origin(o).map(|()| o.to_owned()))
-        .collect()
+        .map(str::to_owned)
+        .collect();
+    validate_origin_list(&origins)?;
+    Ok(origins)
 }
 
 #[cfg(test)]
@@ -298,6 +399,29 @@ mod tests {
         assert_eq!(c.cors.allowed_origins, None);
         assert_eq!(c.presence.batch_threshold, 200);
         assert_eq!(c.presence.batch_interval_ms, 1000);
+    }
+
+    #[test]
+    fn hardening_defaults_are_the_documented_safe_ones() {
+        let c = GatewayConfig::default();
+        assert_eq!(c.limits.max_channels_per_socket, 32);
+        assert_eq!(c.limits.max_reason_length, 200);
+        assert_eq!(c.limits.max_token_bytes, 4096);
+        assert_eq!(c.rate_limits.moderation_per_minute, 30);
+        assert_eq!(c.rate_limits.events_per_second, 20);
+        assert_eq!(c.rate_limits.event_burst, 100);
+        assert_eq!(c.moderation.max_mutes_per_channel, 1000);
+    }
+
+    #[test]
+    fn a_star_allows_every_origin_only_on_its_own() {
+        assert!(GatewayConfig::from_yaml("cors: {allowedOrigins: [\"*\"]}").is_ok());
+        assert!(
+            GatewayConfig::from_yaml("cors: {allowedOrigins: [\"*\", \"https://a.example\"]}")
+                .is_err()
+        );
+        assert_eq!(parse_origin_list(" * ").unwrap(), vec!["*"]);
+        assert!(parse_origin_list("*,https://a.example").is_err());
     }
 
     #[test]
@@ -359,6 +483,10 @@ mod tests {
         assert!(GatewayConfig::from_yaml("moderation: {muteSeconds: 0}").is_err());
         assert!(GatewayConfig::from_yaml("moderation: {adminRoles: [\" \"]}").is_err());
         assert!(GatewayConfig::from_yaml("presence: {batchIntervalMs: 10}").is_err());
+        assert!(GatewayConfig::from_yaml("limits: {maxChannelsPerSocket: 0}").is_err());
+        assert!(GatewayConfig::from_yaml("limits: {maxTokenBytes: 100}").is_err());
+        assert!(GatewayConfig::from_yaml("rateLimits: {eventBurst: 0}").is_err());
+        assert!(GatewayConfig::from_yaml("moderation: {maxMutesPerChannel: 0}").is_err());
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub enum Scenario {
     Saturate(Saturate),
     /// 5. Join storm: connect, then every connection joins one channel at once; time to settle.
     JoinStorm(JoinStorm),
+    /// Abuse: each attack of issue 11 for a bounded time while honest members chat; the
+    /// server's RSS growth and the honest members' p99 and delivery ratio per attack.
+    Abuse(crate::abuse::Abuse),
 }
 
 #[derive(Debug, Clone, clap::Args, Serialize)]

@@ -6,8 +6,10 @@
 //! text), `plan` (who joins which channel and who sends), `pacing` (when each sender sends),
 //! `stats` (percentiles), `search` (the saturation step-up), `report` (the summary) and `procfs` (the server's RSS and CPU time). The IO shell is `client`
 //! (one task per connection) and `run` (the scenarios: phases, progress and the JSON report).
-//! `args` turns the command line into a scenario and a runtime.
+//! `args` turns the command line into a scenario and a runtime. `abuse` runs the attacks of
+//! issue 11 against a gateway while honest members chat.
 
+pub mod abuse;
 pub mod args;
 pub mod client;
 pub mod engineio;

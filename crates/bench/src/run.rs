@@ -35,6 +35,7 @@ pub async fn run(common: Common, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Fanout(a) => fanout(&common, a).await?,
         Scenario::Saturate(a) => saturate(&common, a).await?,
         Scenario::JoinStorm(a) => join_storm(&common, a).await?,
+        Scenario::Abuse(a) => crate::abuse::run(&common, a).await?,
     };
     report.bench_cpu_seconds = procfs::ticks_to_secs(
         procfs::read_cpu_ticks(None)
@@ -213,7 +214,7 @@ struct TokenClaims<'a> {
 }
 
 /// The running connections of one scenario.
-struct Harness {
+pub(crate) struct Harness {
     scenario: &'static str,
     shared: Arc<Shared>,
     /// One channel to every connection: a `watch` because a connection only ever needs the
@@ -237,7 +238,7 @@ struct Harness {
 impl Harness {
     /// Reads the server's RSS, then spawns every connection; handshakes are limited to
     /// `--connect-concurrency` in flight.
-    fn start(
+    pub(crate) fn start(
         common: &Common,
         plan: Plan,
         join_on_connect: bool,
@@ -335,7 +336,7 @@ impl Harness {
 
     /// Waits until every connection is connected or failed and, when joining on connect, has
     /// its join answered (or was lost).
-    async fn wait_connected(&mut self) {
+    pub(crate) async fn wait_connected(&mut self) {
         let n = self.plan.connections as u64;
         if self
             .wait("connecting", self.phase_timeout, |c| {
@@ -390,7 +391,7 @@ impl Harness {
         Some(procfs::ticks_to_secs(after.saturating_sub(before)))
     }
 
-    fn server_memory(&self) -> Option<report::ServerMemory> {
+    pub(crate) fn server_memory(&self) -> Option<report::ServerMemory> {
         let pid = self.server_pid?;
         let before = self.rss_before_kb?;
         let after = procfs::read_rss_kb(Some(pid)).ok()?;
@@ -405,7 +406,7 @@ impl Harness {
 
     /// One sending round at `rate` offered deliveries/s: send for `duration`, then wait up to
     /// `drain` for the expected deliveries. Server CPU is measured over both.
-    async fn round(
+    pub(crate) async fn round(
         &mut self,
         round: u32,
         rate: f64,
@@ -489,7 +490,7 @@ impl Harness {
     }
 
     /// Closes every connection (bounded wait) and assembles the report.
-    async fn finish(
+    pub(crate) async fn finish(
         self,
         parameters: serde_json::Value,
         server: Option<report::ServerMemory>,
@@ -532,6 +533,7 @@ impl Harness {
             rounds,
             saturation: None,
             join_storm: None,
+            abuse: None,
             bench_cpu_seconds: 0.0,
             bench_rss_kb,
         }

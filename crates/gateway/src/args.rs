@@ -97,6 +97,52 @@ pub struct Args {
     #[arg(long, env = "LIVE_WS_WRITE_COALESCE_MS", default_value_t = 20)]
     pub ws_write_coalesce_ms: u64,
 
+    /// Seconds an Engine.IO session may stay without a successful CONNECT to /live before it
+    /// is closed (socketioxide's default is 45).
+    #[arg(long, env = "LIVE_CONNECT_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub connect_timeout_seconds: u64,
+
+    /// Failed CONNECTs after which a session is closed (0: unlimited).
+    #[arg(long, env = "LIVE_MAX_CONNECT_FAILURES", default_value_t = 3)]
+    pub max_connect_failures: u32,
+
+    /// Socket.IO packets one session may send per second, in bursts of five times that,
+    /// before it is closed: events, acks and CONNECTs alike, counted before they are decoded. A
+    /// backstop above the per-connection event budget (rateLimits.eventsPerSecond); 0:
+    /// unlimited.
+    #[arg(long, env = "LIVE_MAX_PACKETS_PER_SECOND", default_value_t = 100)]
+    pub max_packets_per_second: u32,
+
+    /// Seconds a client has to send a complete request head, from connecting or from the end of
+    /// its previous response (so also the idle timeout of keep-alive connections); both
+    /// listeners.
+    #[arg(long, env = "LIVE_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_read_timeout_seconds: u64,
+
+    /// Seconds a client has to send a request body (polling POSTs, bridge calls); both
+    /// listeners.
+    #[arg(long, env = "LIVE_REQUEST_BODY_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub request_body_timeout_seconds: u64,
+
+    /// Open TCP connections on the public listener (WebSockets included); beyond it new ones
+    /// get 503.
+    #[arg(long, env = "LIVE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Open connections, and Engine.IO sessions, per client source (an IPv4 address or IPv6
+    /// /64); beyond it 429. 0: no per-source cap.
+    #[arg(long, env = "LIVE_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: u32,
+
+    /// Proxies (comma-separated CIDRs or addresses) whose `X-Forwarded-For` names the client:
+    /// set it to the ingress's addresses behind a load balancer or ingress controller.
+    #[arg(long, env = "LIVE_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+
+    /// Open TCP connections on the admin listener.
+    #[arg(long, env = "LIVE_ADMIN_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub admin_max_connections: usize,
+
     /// Log format: text or json.
     #[arg(long, env = "LIVE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -118,6 +164,23 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     pub socket_buffer_packets: usize,
     pub ws_write_coalesce: Duration,
+    pub dev: bool,
+    pub connection: ConnectionLimits,
+}
+
+/// Limits on connections and sessions, before any event is handled (listener-level settings;
+/// the per-event ones are hot-reloaded, in the config file).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub connect_timeout: Duration,
+    pub max_connect_failures: u32,
+    pub max_packets_per_second: u32,
+    pub header_read_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: u32,
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
+    pub admin_max_connections: usize,
 }
 
 /// How to reach Redis and how to name this replica there.
@@ -162,6 +225,15 @@ impl Args {
             pod_name,
             socket_buffer_packets,
             ws_write_coalesce_ms,
+            connect_timeout_seconds,
+            max_connect_failures,
+            max_packets_per_second,
+            header_read_timeout_seconds,
+            request_body_timeout_seconds,
+            max_connections,
+            max_connections_per_ip,
+            trusted_proxies,
+            admin_max_connections,
             log_format: _,
         } = self;
         if listen == admin_listen {
@@ -235,6 +307,38 @@ impl Args {
                 "LIVE_REDIS_PREFIX must be non-empty without '#' or spaces".into(),
             ));
         }
+        let seconds = |name: &str, value: u64| {
+            if (1..=3600).contains(&value) {
+                Ok(Duration::from_secs(value))
+            } else {
+                Err(Error::Startup(format!("{name} must be in 1..=3600")))
+            }
+        };
+        if *max_connections == 0 || *admin_max_connections == 0 {
+            return Err(Error::Startup(
+                "LIVE_MAX_CONNECTIONS and LIVE_ADMIN_MAX_CONNECTIONS must be at least 1".into(),
+            ));
+        }
+        let connection = ConnectionLimits {
+            connect_timeout: seconds("LIVE_CONNECT_TIMEOUT_SECONDS", *connect_timeout_seconds)?,
+            max_connect_failures: *max_connect_failures,
+            max_packets_per_second: *max_packets_per_second,
+            header_read_timeout: seconds(
+                "LIVE_HEADER_READ_TIMEOUT_SECONDS",
+                *header_read_timeout_seconds,
+            )?,
+            request_body_timeout: seconds(
+                "LIVE_REQUEST_BODY_TIMEOUT_SECONDS",
+                *request_body_timeout_seconds,
+            )?,
+            max_connections: *max_connections,
+            max_connections_per_ip: *max_connections_per_ip,
+            trusted_proxies: crate::client_ip::TrustedProxies::parse(
+                trusted_proxies.as_deref().unwrap_or_default(),
+            )
+            .map_err(|e| Error::Startup(format!("LIVE_TRUSTED_PROXIES: {e}")))?,
+            admin_max_connections: *admin_max_connections,
+        };
         let redis = redis_url
             .as_deref()
             .map(str::trim)
@@ -262,6 +366,8 @@ impl Args {
             socket_buffer_packets: (*socket_buffer_packets).clamp(16, 65_536),
             // Longer than a second would make a busy socket look stalled to its client.
             ws_write_coalesce: Duration::from_millis((*ws_write_coalesce_ms).min(1_000)),
+            dev: *dev,
+            connection,
         })
     }
 }
@@ -339,6 +445,48 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")
+        );
+    }
+
+    /// A secret long enough for any key rule.
+    const LONG: &str = "a-test-secret-of-at-least-32-bytes!";
+
+    #[test]
+    fn connection_limits_have_safe_defaults() {
+        let s = args(&["--jwt-secret", LONG]).settings(no_dev).unwrap();
+        let c = s.connection;
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connect_failures, 3);
+        assert_eq!(c.max_packets_per_second, 100);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.request_body_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 20_000);
+        assert_eq!(c.max_connections_per_ip, 256);
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.admin_max_connections, 1024);
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let bad = [
+            ["--connect-timeout-seconds", "0"],
+            ["--header-read-timeout-seconds", "0"],
+            ["--request-body-timeout-seconds", "99999"],
+            ["--max-connections", "0"],
+            ["--trusted-proxies", "10.0.0.0/99"],
+        ];
+        for flags in bad {
+            let mut argv = vec!["--jwt-secret", LONG];
+            argv.extend(flags);
+            assert!(args(&argv).settings(no_dev).is_err(), "{flags:?}");
+        }
+        let s = args(&["--jwt-secret", LONG, "--trusted-proxies", "10.0.0.0/8, ::1"])
+            .settings(no_dev)
+            .unwrap();
+        assert!(
+            s.connection
+                .trusted_proxies
+                .contains("10.2.3.4".parse().unwrap())
         );
     }
 

@@ -20,6 +20,7 @@ use crate::auth::{AuthError, Claims, bearer};
 use crate::error::{Error, Result};
 use crate::protocol::{self, outbound};
 use crate::realtime::{self, NAMESPACE};
+use crate::sanitize::{self, escape};
 use crate::state::{AppState, unix_millis};
 
 /// Every bridge route: method, path (axum syntax) and its bounded metric label. The OpenAPI
@@ -33,6 +34,12 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/v1/channels/{channel}/metrics", "metrics"),
     ("get", "/v1/channels/{channel}/viewers", "viewers"),
     ("get", "/v1/channels/{channel}/users/{userId}", "user"),
+    ("put", "/v1/channels/{channel}/hosts/{userId}", "host_put"),
+    (
+        "delete",
+        "/v1/channels/{channel}/hosts/{userId}",
+        "host_delete",
+    ),
 ];
 
 /// What the admin router's handlers share.
@@ -107,6 +114,10 @@ pub fn router<A: Adapter>(state: AdminState<A>) -> Router {
         )
         .route("/v1/channels/{channel}/viewers", get(viewers::<A>))
         .route("/v1/channels/{channel}/users/{userId}", get(user::<A>))
+        .route(
+            "/v1/channels/{channel}/hosts/{userId}",
+            axum::routing::put(crate::trust::put_host::<A>).delete(crate::trust::delete_host::<A>),
+        )
         .with_state(state)
 }
 
@@ -130,7 +141,7 @@ async fn metrics<A: Adapter>(State(s): State<AdminState<A>>) -> Response {
 }
 
 /// Authenticates a bridge caller: a valid token whose role is `service` or `admin`.
-fn caller(st: &AppState, headers: &HeaderMap) -> Result<Claims> {
+pub(crate) fn caller(st: &AppState, headers: &HeaderMap) -> Result<Claims> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -144,7 +155,7 @@ fn caller(st: &AppState, headers: &HeaderMap) -> Result<Claims> {
 }
 
 /// The request body as a JSON object.
-fn body_object(body: &[u8]) -> Result<Map<String, Value>> {
+pub(crate) fn body_object(body: &[u8]) -> Result<Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => Ok(o),
         Ok(_) => Err(Error::InvalidJson("the body must be a JSON object".into())),
@@ -152,7 +163,7 @@ fn body_object(body: &[u8]) -> Result<Map<String, Value>> {
     }
 }
 
-fn checked_channel(channel: &str) -> Result<&str> {
+pub(crate) fn checked_channel(channel: &str) -> Result<&str> {
     if protocol::valid_channel_name(channel) {
         Ok(channel)
     } else {
@@ -217,9 +228,10 @@ async fn publish<A: Adapter>(
                 let config = st.config();
                 let body = Value::Object(o.clone());
                 let g = protocol::parse_gift(&body, config.gateway.limits.max_gift_qty)?;
+                let from_username = from_username.map(escape);
                 let out = protocol::GiftNew {
-                    from,
-                    from_username,
+                    from: &escape(from),
+                    from_username: from_username.as_deref(),
                     gift_id: g.gift_id,
                     qty: g.qty,
                     timestamp: timestamp(&o)?,
@@ -236,11 +248,12 @@ async fn publish<A: Adapter>(
                         });
                     }
                 };
+                let username = optional_str(&o, "username")?.map(escape);
                 let out = protocol::PresenceUpdate {
                     channel_name: channel,
                     delta,
-                    user_id: required_str(&o, "userId")?,
-                    username: Some(optional_str(&o, "username")?),
+                    user_id: &escape(required_str(&o, "userId")?),
+                    username: Some(username.as_deref()),
                     timestamp: unix_millis(),
                 };
                 realtime::emit_to_room(ops, st, outbound::PRESENCE, "presence", &out).await;
@@ -256,8 +269,9 @@ async fn publish<A: Adapter>(
                     }
                 }
                 let ts = timestamp(&o)?;
-                let mut out = o.clone();
-                out.insert("timestamp".into(), json!(ts));
+                let mut out = Value::Object(o.clone());
+                sanitize::escape_json_strings(&mut out);
+                out["timestamp"] = json!(ts);
                 realtime::emit_to_room(ops, st, outbound::SYSTEM, "system", &out).await;
             }
             "chat" => {
@@ -277,9 +291,10 @@ async fn publish<A: Adapter>(
                 if message.is_empty() {
                     return Err(Error::EmptyMessage);
                 }
+                let username = username.map(escape);
                 let out = protocol::ChatNew {
-                    user_id,
-                    username,
+                    user_id: &escape(user_id),
+                    username: username.as_deref(),
                     message: &message,
                     timestamp: timestamp(&o)?,
                 };
@@ -289,8 +304,9 @@ async fn publish<A: Adapter>(
                 let by = required_str(&o, "by")?;
                 let by_username = optional_str(&o, "byUsername")?;
                 let body = Value::Object(o.clone());
-                let m = protocol::parse_moderation(&body)?;
-                let mute_seconds = st.config().gateway.moderation.mute_seconds;
+                let config = st.config();
+                let m = protocol::parse_moderation(&body, config.gateway.limits.max_reason_length)?;
+                let mute_seconds = config.gateway.moderation.mute_seconds;
                 realtime::apply_moderation(ops, st, channel, &m, by, by_username, mute_seconds)
                     .await;
             }
@@ -301,9 +317,11 @@ async fn publish<A: Adapter>(
                         reason: "must be a JSON object".into(),
                     });
                 };
+                let mut metrics = metrics.clone();
+                sanitize::escape_json_strings(&mut metrics);
                 let out = protocol::MetricsUpdate {
                     channel_name: channel,
-                    metrics,
+                    metrics: &metrics,
                     timestamp: unix_millis(),
                 };
                 realtime::emit_to_room(ops, st, outbound::METRICS_UPDATE, "metrics_update", &out)
@@ -371,7 +389,7 @@ async fn user<A: Adapter>(
 }
 
 /// The one conversion from a bridge outcome to an HTTP response, and its metric.
-fn respond(
+pub(crate) fn respond(
     st: &AppState,
     route: &'static str,
     success: StatusCode,

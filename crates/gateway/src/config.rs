@@ -25,12 +25,13 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 /// Fallback poll interval, for volumes where inotify says nothing.
 const POLL: Duration = Duration::from_secs(5);
 
-/// Which browser origins may connect.
+/// Which browser origins may connect. Fails closed: with no list anywhere, no browser origin
+/// may (requests without an `Origin` header, from native apps and servers, are not affected).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origins {
-    /// No list configured anywhere: every origin is allowed (a warning is logged at startup).
+    /// Every origin: configured as `*`, or `--dev`. Never with credentials.
     Any,
-    /// Only these exact origins; empty means no browser origin at all.
+    /// Only these exact origins, with credentials; empty means no browser origin at all.
     Only(Vec<String>),
 }
 
@@ -40,6 +41,20 @@ impl Origins {
         match self {
             Self::Any => true,
             Self::Only(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
+
+    /// Whether CORS responses may allow credentials (cookies, `Authorization`) for this
+    /// origin: only for a listed origin, never under `*`.
+    pub fn allows_credentials(&self, origin: &str) -> bool {
+        matches!(self, Self::Only(_)) && self.allows(origin)
+    }
+
+    fn from_list(list: &[String]) -> Self {
+        if list.iter().any(|o| o == live_api::ANY_ORIGIN) {
+            Self::Any
+        } else {
+            Self::Only(list.to_vec())
         }
     }
 }
@@ -53,12 +68,14 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     /// Merges the file with the environment. The file's `cors.allowedOrigins`, when present, wins
-    /// over `CORS_ALLOW`; every other setting exists only in the file (or its default).
-    pub fn merge(gateway: GatewayConfig, cors_env: Option<&[String]>) -> Self {
+    /// over `CORS_ALLOW`; with neither, browser origins are refused, unless `dev` allows them all.
+    /// Every other setting exists only in the file (or its default).
+    pub fn merge(gateway: GatewayConfig, cors_env: Option<&[String]>, dev: bool) -> Self {
         let origins = match (&gateway.cors.allowed_origins, cors_env) {
-            (Some(list), _) => Origins::Only(list.clone()),
-            (None, Some(list)) => Origins::Only(list.to_vec()),
-            (None, None) => Origins::Any,
+            (Some(list), _) => Origins::from_list(list),
+            (None, Some(list)) => Origins::from_list(list),
+            (None, None) if dev => Origins::Any,
+            (None, None) => Origins::Only(Vec::new()),
         };
         Self { gateway, origins }
     }
@@ -66,7 +83,7 @@ impl RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self::merge(GatewayConfig::default(), None)
+        Self::merge(GatewayConfig::default(), None, false)
     }
 }
 
@@ -75,6 +92,8 @@ impl Default for RuntimeConfig {
 pub struct ConfigSource {
     pub path: Option<PathBuf>,
     pub cors_env: Option<Vec<String>>,
+    /// `--dev`: browser origins are allowed when no list is configured.
+    pub dev: bool,
 }
 
 impl ConfigSource {
@@ -89,7 +108,11 @@ impl ConfigSource {
                 GatewayConfig::from_yaml(&text)?
             }
         };
-        Ok(RuntimeConfig::merge(gateway, self.cors_env.as_deref()))
+        Ok(RuntimeConfig::merge(
+            gateway,
+            self.cors_env.as_deref(),
+            self.dev,
+        ))
     }
 }
 
@@ -201,7 +224,7 @@ fn apply(
         .and_then(GatewayConfig::from_yaml);
     match parsed {
         Ok(gateway) => {
-            let next = RuntimeConfig::merge(gateway, source.cors_env.as_deref());
+            let next = RuntimeConfig::merge(gateway, source.cors_env.as_deref(), source.dev);
             metrics.config_reloads.with_label_values(&["success"]).inc();
             let changed = tx.send_if_modified(|current| {
                 if **current == next {
@@ -228,21 +251,36 @@ mod tests {
         let env = vec!["https://env.example".to_owned()];
         let mut file = GatewayConfig::default();
         assert_eq!(
-            RuntimeConfig::merge(file.clone(), Some(&env)).origins,
+            RuntimeConfig::merge(file.clone(), Some(&env), false).origins,
             Origins::Only(env.clone())
         );
         file.cors.allowed_origins = Some(vec!["https://file.example".into()]);
         assert_eq!(
-            RuntimeConfig::merge(file, Some(&env)).origins,
+            RuntimeConfig::merge(file, Some(&env), false).origins,
             Origins::Only(vec!["https://file.example".into()])
         );
     }
 
     #[test]
-    fn no_list_anywhere_allows_every_origin() {
+    fn no_list_anywhere_refuses_browser_origins_except_in_dev_mode() {
         let c = RuntimeConfig::default();
+        assert_eq!(c.origins, Origins::Only(vec![]));
+        assert!(!c.origins.allows("https://anything.example"));
+        let dev = RuntimeConfig::merge(GatewayConfig::default(), None, true);
+        assert!(dev.origins.allows("https://anything.example"));
+        assert!(!dev.origins.allows_credentials("https://anything.example"));
+    }
+
+    #[test]
+    fn a_star_allows_every_origin_without_credentials() {
+        let star = vec!["*".to_owned()];
+        let c = RuntimeConfig::merge(GatewayConfig::default(), Some(&star), false);
         assert_eq!(c.origins, Origins::Any);
-        assert!(c.origins.allows("https://anything.example"));
+        assert!(c.origins.allows("https://a.example"));
+        assert!(!c.origins.allows_credentials("https://a.example"));
+        let listed = Origins::Only(vec!["https://a.example".into()]);
+        assert!(listed.allows_credentials("https://a.example"));
+        assert!(!listed.allows_credentials("https://b.example"));
     }
 
     #[test]
@@ -259,12 +297,14 @@ mod tests {
         let src = ConfigSource {
             path: Some(p),
             cors_env: None,
+            dev: false,
         };
         let err = src.load().unwrap_err().to_string();
         assert!(err.contains("rateLimits.messagesPerMinute"), "{err}");
         let missing = ConfigSource {
             path: Some(dir.path().join("nope.yaml")),
             cors_env: None,
+            dev: false,
         };
         assert!(
             missing
@@ -283,6 +323,7 @@ mod tests {
         let src = ConfigSource {
             path: Some(p.clone()),
             cors_env: None,
+            dev: false,
         };
         let (tx, mut rx) = watch::channel(Arc::new(src.load().unwrap()));
         let metrics = Metrics::new();

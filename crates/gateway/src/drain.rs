@@ -1,5 +1,6 @@
-//! Connection draining: a TCP listener whose every accepted connection can be cut from outside,
-//! and the schedule that cuts them in jittered batches over the drain window.
+//! Connection draining: accepted connections that can be cut from outside, and the schedule that
+//! cuts them in jittered batches over the drain window. The listener (`listener`) wraps every
+//! public connection with [`Connections::wrap`].
 //!
 //! Why cut TCP connections rather than send Socket.IO disconnect packets: a client told "io server
 //! disconnect" does not reconnect on its own, while one whose transport closes does, with its own
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::state::lock;
@@ -114,52 +115,16 @@ pub fn schedule(
         .collect()
 }
 
-/// A TCP listener that registers each accepted connection so it can be drained.
-#[derive(Debug)]
-pub struct DrainableListener {
-    listener: TcpListener,
-    connections: Connections,
-}
-
-impl DrainableListener {
-    pub fn new(listener: TcpListener, connections: Connections) -> Self {
-        Self {
-            listener,
-            connections,
+impl Connections {
+    /// Registers an accepted connection, so the drain can cut it.
+    pub fn wrap(&self, stream: TcpStream) -> DrainableStream {
+        let (id, token) = self.register();
+        DrainableStream {
+            inner: stream,
+            cut: Box::pin(token.cancelled_owned()),
+            id,
+            connections: self.clone(),
         }
-    }
-}
-
-impl axum::serve::Listener for DrainableListener {
-    type Io = DrainableStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, addr)) => {
-                    // Chat is many small writes: do not let Nagle hold them back.
-                    let _ = stream.set_nodelay(true);
-                    let (id, token) = self.connections.register();
-                    let stream = DrainableStream {
-                        inner: stream,
-                        cut: Box::pin(token.cancelled_owned()),
-                        id,
-                        connections: self.connections.clone(),
-                    };
-                    return (stream, addr);
-                }
-                Err(e) => {
-                    // Out of file descriptors or a transient error: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
     }
 }
 
@@ -258,13 +223,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_drained_connection_reads_eof_and_is_forgotten() {
-        use axum::serve::Listener;
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let conns = Connections::default();
-        let mut listener = DrainableListener::new(tcp, conns.clone());
         let mut client = TcpStream::connect(addr).await.unwrap();
-        let (mut server, _) = listener.accept().await;
+        let (accepted, _) = tcp.accept().await.unwrap();
+        let mut server = conns.wrap(accepted);
         assert_eq!(conns.len(), 1);
 
         client.write_all(b"x").await.unwrap();

@@ -36,6 +36,16 @@ pub enum Error {
     InvalidAction,
     #[error("mute without targetUserId")]
     InvalidTarget,
+    #[error("socket is in the maximum number of channels")]
+    TooManyChannels,
+    #[error("connection sent more events than its budget allows")]
+    TooManyEvents,
+    #[error("joining as host needs a host token or the channel's asserted host")]
+    HostNotAllowed,
+    #[error("moderation reason is not a string of the allowed length")]
+    InvalidReason,
+    #[error("moderation rate limit exceeded")]
+    ModerationRateLimited,
     #[error("authentication failed: {0}")]
     Unauthorized(#[from] AuthError),
     #[error("request body is not a JSON object: {0}")]
@@ -62,11 +72,17 @@ impl Error {
             Self::InvalidMessageLength => "invalid_message_length",
             Self::EmptyMessage => "empty_message",
             Self::Muted => "muted",
-            Self::MessageRateLimited | Self::GiftRateLimited => "rate_limited",
+            Self::MessageRateLimited | Self::GiftRateLimited | Self::ModerationRateLimited => {
+                "rate_limited"
+            }
             Self::InvalidGift => "invalid_gift",
             Self::Forbidden => "forbidden",
             Self::InvalidAction => "invalid_action",
             Self::InvalidTarget => "invalid_target",
+            Self::TooManyChannels => "too_many_channels",
+            Self::TooManyEvents => "too_many_events",
+            Self::HostNotAllowed => "host_not_allowed",
+            Self::InvalidReason => "invalid_reason",
             Self::Unauthorized(_) => "unauthorized",
             Self::InvalidJson(_) => "invalid_json",
             Self::InvalidField { .. } => "invalid_field",
@@ -94,6 +110,11 @@ impl Error {
             Self::Forbidden => "Insufficient privileges for moderation".into(),
             Self::InvalidAction => "Invalid moderation action".into(),
             Self::InvalidTarget => "Mute requires targetUserId".into(),
+            Self::TooManyChannels => "Too many channels joined".into(),
+            Self::TooManyEvents => "Too many events, slow down".into(),
+            Self::HostNotAllowed => "Not allowed to join as host".into(),
+            Self::InvalidReason => "Invalid moderation reason".into(),
+            Self::ModerationRateLimited => "Rate limit exceeded for moderation".into(),
             Self::Unauthorized(_) => "unauthorized".into(),
             Self::InvalidJson(m) => format!("Invalid JSON body: {m}"),
             Self::InvalidField { field, reason } => format!("Invalid field `{field}`: {reason}"),

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub redis_adapter_dropped: IntCounter,
     pub redis_publish_skipped: IntCounter,
+    pub connections_refused: IntCounterVec,
+    pub open_connections: IntGaugeVec,
+    pub log_lines_suppressed: IntCounterVec,
+    pub mutes_evicted: IntCounter,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -150,6 +154,35 @@ impl Metrics {
             "Broadcasts delivered locally only because Redis was unreachable",
         )
         .expect("static metric definition");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "live_connections_refused_total",
+                "TCP connections and Engine.IO sessions refused by a connection cap, by listener and reason",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("static metric definition");
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "live_open_connections",
+                "TCP connections open on each listener (WebSockets included)",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let log_lines_suppressed = IntCounterVec::new(
+            Opts::new(
+                "live_log_lines_suppressed_total",
+                "Log lines of repeatable client failures not written (sampled), by event",
+            ),
+            &["event"],
+        )
+        .expect("static metric definition");
+        let mutes_evicted = IntCounter::new(
+            "live_mutes_evicted_total",
+            "Mutes evicted because their channel held moderation.maxMutesPerChannel",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("live_build_info", "Build information; always 1"),
             &["version"],
@@ -177,6 +210,10 @@ impl Metrics {
             Box::new(redis_errors.clone()),
             Box::new(redis_adapter_dropped.clone()),
             Box::new(redis_publish_skipped.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(log_lines_suppressed.clone()),
+            Box::new(mutes_evicted.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -203,6 +240,10 @@ impl Metrics {
             redis_errors,
             redis_adapter_dropped,
             redis_publish_skipped,
+            connections_refused,
+            open_connections,
+            log_lines_suppressed,
+            mutes_evicted,
         }
     }
 

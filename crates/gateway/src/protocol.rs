@@ -34,7 +34,7 @@ pub mod outbound {
     pub const ERROR: &str = "error";
 }
 
-/// Longest gift id.
+/// Longest gift id (the catalogue-id pattern, [`valid_gift_id`]).
 pub const MAX_GIFT_ID_LEN: usize = 64;
 /// Longest user id accepted from a backend or a moderator.
 pub const MAX_USER_ID_LEN: usize = 128;
@@ -51,9 +51,19 @@ pub fn channel_of(room: &str) -> Option<&str> {
 
 /// `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`, without a regex engine on the hot path.
 pub fn valid_channel_name(name: &str) -> bool {
-    let b = name.as_bytes();
+    valid_id(name)
+}
+
+/// A gift id is a catalogue id: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`, the channel-name pattern.
+/// It reaches every member's screen, so it may hold nothing but these characters.
+pub fn valid_gift_id(id: &str) -> bool {
+    valid_id(id)
+}
+
+fn valid_id(s: &str) -> bool {
+    let b = s.as_bytes();
     !b.is_empty()
-        && b.len() <= 64
+        && b.len() <= MAX_GIFT_ID_LEN
         && b[0].is_ascii_alphanumeric()
         && b[1..]
             .iter()
@@ -121,7 +131,7 @@ pub struct Gift<'a> {
 
 pub fn parse_gift(v: &Value, max_qty: u32) -> Result<Gift<'_>> {
     let gift_id = match v.get("giftId") {
-        Some(Value::String(g)) if !g.trim().is_empty() && g.chars().count() <= MAX_GIFT_ID_LEN => g,
+        Some(Value::String(g)) if valid_gift_id(g) => g,
         _ => return Err(Error::InvalidGift),
     };
     let qty = v
@@ -153,7 +163,9 @@ pub struct Moderation<'a> {
     pub duration_seconds: Option<u64>,
 }
 
-pub fn parse_moderation(v: &Value) -> Result<Moderation<'_>> {
+/// Parses a moderation decision; `reason`, when given, must be a string of at most
+/// `max_reason_len` characters (before sanitizing, which the caller does).
+pub fn parse_moderation(v: &Value, max_reason_len: u32) -> Result<Moderation<'_>> {
     let o = object(v)?;
     let action = match o.get("action").and_then(Value::as_str) {
         Some("warn") => Action::Warn,
@@ -161,7 +173,10 @@ pub fn parse_moderation(v: &Value) -> Result<Moderation<'_>> {
         Some("end") => Action::End,
         _ => return Err(Error::InvalidAction),
     };
-    let reason = optional_str(o, "reason")?;
+    let reason = optional_str(o, "reason").map_err(|_| Error::InvalidReason)?;
+    if reason.is_some_and(|r| r.chars().count() > max_reason_len as usize) {
+        return Err(Error::InvalidReason);
+    }
     let target_user_id = optional_str(o, "targetUserId").map_err(|_| Error::InvalidTarget)?;
     if target_user_id.is_some_and(|t| t.is_empty() || t.len() > MAX_USER_ID_LEN) {
         return Err(Error::InvalidTarget);
@@ -387,6 +402,10 @@ mod tests {
             json!({"giftId": 5, "qty": 1}),
             json!({"giftId": "x".repeat(65), "qty": 1}),
             json!({"qty": 1}),
+            json!({"giftId": "<img src=x onerror=alert(1)>", "qty": 1}),
+            json!({"giftId": "rose\"", "qty": 1}),
+            json!({"giftId": " rose", "qty": 1}),
+            json!({"giftId": "-rose", "qty": 1}),
         ] {
             assert!(
                 matches!(parse_gift(&bad, 100), Err(Error::InvalidGift)),
@@ -398,31 +417,45 @@ mod tests {
     #[test]
     fn moderation_needs_a_known_action_and_a_target_for_mutes() {
         let v = json!({"action": "warn", "reason": "spam"});
-        let m = parse_moderation(&v).unwrap();
+        let m = parse_moderation(&v, 200).unwrap();
         assert_eq!(m.action, Action::Warn);
         assert_eq!(m.reason, Some("spam"));
         assert!(matches!(
-            parse_moderation(&json!({"action": "ban"})),
+            parse_moderation(&json!({"action": "ban"}), 200),
             Err(Error::InvalidAction)
         ));
         assert!(matches!(
-            parse_moderation(&json!({"action": "mute"})),
+            parse_moderation(&json!({"action": "mute"}), 200),
             Err(Error::InvalidTarget)
         ));
         assert!(matches!(
-            parse_moderation(&json!({"action": "mute", "targetUserId": 42})),
+            parse_moderation(&json!({"action": "mute", "targetUserId": 42}), 200),
             Err(Error::InvalidTarget)
         ));
         let v = json!({"action": "mute", "targetUserId": "u", "durationSeconds": 2});
-        let m = parse_moderation(&v).unwrap();
+        let m = parse_moderation(&v, 200).unwrap();
         assert_eq!(m.duration_seconds, Some(2));
         assert!(matches!(
-            parse_moderation(&json!({"action": "mute", "targetUserId": "u", "durationSeconds": 0})),
+            parse_moderation(
+                &json!({"action": "mute", "targetUserId": "u", "durationSeconds": 0}),
+                200
+            ),
             Err(Error::InvalidPayload)
         ));
         assert!(matches!(
-            parse_moderation(&json!({"action": "warn", "reason": 5})),
-            Err(Error::InvalidPayload)
+            parse_moderation(&json!({"action": "warn", "reason": 5}), 200),
+            Err(Error::InvalidReason)
+        ));
+    }
+
+    #[test]
+    fn a_moderation_reason_is_capped_in_characters() {
+        let ok = json!({"action": "warn", "reason": "é".repeat(200)});
+        assert!(parse_moderation(&ok, 200).is_ok());
+        let long = json!({"action": "warn", "reason": "x".repeat(201)});
+        assert!(matches!(
+            parse_moderation(&long, 200),
+            Err(Error::InvalidReason)
         ));
     }
 

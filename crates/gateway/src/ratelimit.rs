@@ -15,6 +15,7 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 pub enum Kind {
     Messages,
     Gifts,
+    Moderation,
 }
 
 impl Kind {
@@ -23,6 +24,7 @@ impl Kind {
         match self {
             Self::Messages => "messages",
             Self::Gifts => "gifts",
+            Self::Moderation => "moderation",
         }
     }
 }
@@ -45,6 +47,7 @@ struct Window {
 pub struct RateLimiter {
     messages: HashMap<String, Window>,
     gifts: HashMap<String, Window>,
+    moderation: HashMap<String, Window>,
 }
 
 impl RateLimiter {
@@ -54,6 +57,7 @@ impl RateLimiter {
         let windows = match kind {
             Kind::Messages => &mut self.messages,
             Kind::Gifts => &mut self.gifts,
+            Kind::Moderation => &mut self.moderation,
         };
         // Look up by borrowed key first: only a user's first event in a window allocates.
         if !windows.contains_key(user) {
@@ -86,14 +90,14 @@ impl RateLimiter {
 
     /// Forgets windows that have closed, so memory follows active users, not every user ever seen.
     pub fn sweep(&mut self, now: Instant) {
-        for windows in [&mut self.messages, &mut self.gifts] {
+        for windows in [&mut self.messages, &mut self.gifts, &mut self.moderation] {
             windows.retain(|_, w| now.saturating_duration_since(w.opened) < WINDOW);
         }
     }
 
     /// Number of open windows (for tests and sizing).
     pub fn len(&self) -> usize {
-        self.messages.len() + self.gifts.len()
+        self.messages.len() + self.gifts.len() + self.moderation.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,6 +166,10 @@ mod tests {
         assert!(matches!(
             rl.check(Kind::Messages, "a", 1, t0),
             Decision::Limited { .. }
+        ));
+        assert!(matches!(
+            rl.check(Kind::Moderation, "a", 1, t0),
+            Decision::Allowed { .. }
         ));
     }
 

@@ -16,12 +16,18 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
-use crate::auth::{AuthError, Claims, token_from};
+use crate::auth::Claims;
+use crate::budget::Verdict;
+use crate::churn::Decision;
 use crate::error::{Error, Result};
+use crate::handshake;
 use crate::presence::Announce;
-use crate::protocol::{self, Action, inbound, outbound};
+use crate::protocol::{self, Action, Role, inbound, outbound};
 use crate::ratelimit::Kind;
+use crate::sanitize::escape;
+use crate::session::{self, Membership, Session};
 use crate::state::{AppState, unix_millis};
+use crate::trust::{self, ModerationRight};
 
 /// The namespace live apps connect to.
 pub const NAMESPACE: &str = "/live";
@@ -36,8 +42,9 @@ impl std::fmt::Display for Unauthorized {
     }
 }
 
-/// Connect middleware: verifies the JWT from `auth.token` or `Authorization: Bearer`, and stores
-/// the claims on the socket. The reason for a refusal is logged and counted, never sent.
+/// Connect middleware: verifies the JWT from `auth.token` or `Authorization: Bearer` (see
+/// [`handshake`]), and stores the claims and the socket's [`Session`] on the socket. The reason
+/// for a refusal is counted and logged (sampled), never sent.
 pub async fn authenticate<A: Adapter>(
     s: SocketRef<A>,
     TryData(auth): TryData<Value>,
@@ -48,12 +55,22 @@ pub async fn authenticate<A: Adapter>(
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let outcome = token_from(auth.as_ref().ok(), header)
-        .ok_or(AuthError::MissingToken)
-        .and_then(|t| state.verify(t));
+    let config = state.config();
+    let outcome = handshake::verify(
+        &state,
+        auth.as_ref().ok(),
+        header,
+        config.gateway.limits.max_token_bytes,
+    );
     match outcome {
         Ok(claims) => {
-            s.extensions.insert(Arc::new(claims));
+            let session = Session::new(
+                claims,
+                Instant::now(),
+                config.gateway.rate_limits.event_burst,
+            );
+            s.extensions.insert(Arc::clone(&session.claims));
+            s.extensions.insert(Arc::new(session));
             state
                 .metrics
                 .connections
@@ -66,19 +83,8 @@ pub async fn authenticate<A: Adapter>(
             register_handlers(&s, &state);
             Ok(())
         }
-        Err(reason) => {
-            tracing::info!(reason = reason.reason(), "handshake refused: {reason}");
-            state
-                .metrics
-                .connections
-                .with_label_values(&["rejected"])
-                .inc();
-            state
-                .metrics
-                .auth_failures
-                .with_label_values(&[reason.reason()])
-                .inc();
-            state.metrics.error("unauthorized");
+        Err(refusal) => {
+            handshake::refused(&state, refusal);
             Err(Unauthorized)
         }
     }
@@ -88,9 +94,10 @@ pub async fn authenticate<A: Adapter>(
 /// client learns it is connected; nothing is left to do here.
 pub async fn on_connect<A: Adapter>(_s: SocketRef<A>) {}
 
-/// Registers `$handler`, an `async fn(&SocketRef<A>, &AppState, &Claims, &Value) -> Result<()>`,
-/// for `$event`: data that is not JSON is refused before it, and every outcome goes through
-/// [`finish`] under the metric label `$kind`.
+/// Registers `$handler`, an `async fn(&SocketRef<A>, &AppState, &Session, &Value) -> Result<()>`,
+/// for `$event`: the event is counted against the connection's budget and data that is not JSON
+/// is refused before it, and every outcome goes through [`finish`] under the metric label
+/// `$kind`.
 macro_rules! on_event {
     ($s:expr, $A:ty, $event:expr, $kind:literal, $handler:ident) => {
         $s.on(
@@ -99,13 +106,18 @@ macro_rules! on_event {
                    TryData(d): TryData<Value>,
                    ack: AckSender<$A>,
                    State(st): State<AppState>,
-                   Extension(c): Extension<Arc<Claims>>| {
+                   Extension(c): Extension<Arc<Session>>| {
                 let t = Instant::now();
-                let r = match d {
-                    Ok(v) => $handler(&s, &st, &c, &v).await,
-                    Err(_) => Err(Error::InvalidPayload),
+                let verdict = session::take_event(&st, &c, t);
+                let r = match (verdict, d) {
+                    (Verdict::Allowed, Ok(v)) => $handler(&s, &st, &c, &v).await,
+                    (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
+                    (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
                 };
                 finish(&s, ack, &st, $kind, r, t);
+                if verdict == Verdict::Disconnect {
+                    session::disconnect_over_budget(s, &st);
+                }
             },
         )
     };
@@ -122,24 +134,34 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
     on_event!(s, A, inbound::GIFT, "gift", gift);
     on_event!(s, A, inbound::MODERATION, "moderation", moderate);
     on_event!(s, A, inbound::HEARTBEAT, "heartbeat", heartbeat);
-    // Unknown events are counted and otherwise ignored, as socket.io does.
-    s.on_fallback(async |State(st): State<AppState>| {
-        st.metrics
-            .messages
-            .with_label_values(&["unknown", "in"])
-            .inc();
-        st.metrics.error("unknown_event");
-    });
+    // Unknown events are counted and otherwise ignored, as socket.io does; they still spend
+    // the connection's budget.
+    s.on_fallback(
+        async |s: SocketRef<A>,
+               State(st): State<AppState>,
+               Extension(c): Extension<Arc<Session>>| {
+            st.metrics
+                .messages
+                .with_label_values(&["unknown", "in"])
+                .inc();
+            st.metrics.error("unknown_event");
+            if session::take_event(&st, &c, Instant::now()) == Verdict::Disconnect {
+                session::disconnect_over_budget(s, &st);
+            }
+        },
+    );
     s.on_disconnect(
         async |s: SocketRef<A>,
                reason: DisconnectReason,
                State(st): State<AppState>,
-               Extension(c): Extension<Arc<Claims>>| {
+               Extension(c): Extension<Arc<Session>>| {
             st.metrics.active_connections.dec();
-            st.metrics
-                .disconnects
-                .with_label_values(&[disconnect_label(reason)])
-                .inc();
+            let label = if c.was_over_budget() {
+                "event_budget"
+            } else {
+                disconnect_label(reason)
+            };
+            st.metrics.disconnects.with_label_values(&[label]).inc();
             // Rooms are still readable here; socketioxide removes them after this handler.
             for room in s.rooms() {
                 if let Some(channel) = protocol::channel_of(&room) {
@@ -200,20 +222,34 @@ pub async fn emit_to_room<A: Adapter, T: Serialize + ?Sized>(
     st.metrics.messages.with_label_values(&[kind, "out"]).inc();
     if let Err(e) = ops.emit(event, payload).await {
         st.metrics.emit_failures.inc();
-        tracing::warn!(event, error = %e, "room broadcast failed");
+        // A member whose outgoing queue is full fails every broadcast to its room: sampled, or
+        // one slow member would write a line per message.
+        if let Some(suppressed) = st.logs.admit("room_broadcast_failed") {
+            tracing::warn!(event, error = %e, suppressed, "room broadcast failed (sampled)");
+        }
     }
 }
 
-fn is_member<A: Adapter>(s: &SocketRef<A>, room: &str) -> bool {
-    s.rooms().iter().any(|r| r == room)
-}
-
-async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value) -> Result<()> {
+async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Value) -> Result<()> {
     let j = protocol::parse_join(v)?;
-    let room = protocol::room(j.channel);
-    if is_member(s, &room) {
-        return Ok(());
+    let now = Instant::now();
+    if c.membership(j.channel, now) != Membership::No {
+        // Already listed: the adapter decides (an `end` on another replica may have removed it).
+        session::confirm_membership(s, c, now);
+        if c.membership(j.channel, now) != Membership::No {
+            return Ok(());
+        }
     }
+    if j.role == Role::Host && !trust::may_host(&st.hosts, &c.claims, j.channel).await {
+        return Err(Error::HostNotAllowed);
+    }
+    let max = st.config().gateway.limits.max_channels_per_socket;
+    if c.add(j.channel, max).is_err() {
+        // The list may hold channels ended elsewhere; ask the adapter once before refusing.
+        session::confirm_membership(s, c, now);
+        c.add(j.channel, max).map_err(|_| Error::TooManyChannels)?;
+    }
+    let room = protocol::room(j.channel);
     s.join(room.clone());
     st.membership_changed();
     st.metrics.presence_delta.with_label_values(&["join"]).inc();
@@ -222,19 +258,47 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
         channel_name: j.channel,
         timestamp: now,
     };
-    if st.presence_joined(j.channel, &c.user_id) == Announce::Batched {
+    if st.presence_joined(j.channel, &c.user_id_out) == Announce::Batched {
         emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
         return Ok(());
     }
+    let change = c.change(j.channel, Some(j.role));
+    if st.presence_churn(s.id, change) == Decision::Announce {
+        announce(
+            s.within(room),
+            st,
+            j.channel,
+            &c.user_id_out,
+            c.username_out.as_deref(),
+            Some(j.role),
+            now,
+        )
+        .await;
+    }
+    emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
+    Ok(())
+}
+
+/// Announces one socket's join (`joined` is its role) or leave to `room_ops`:
+/// `presence:update` and `system:event`.
+async fn announce<A: Adapter>(
+    room_ops: socketioxide::operators::BroadcastOperators<A>,
+    st: &AppState,
+    channel: &str,
+    user_id: &str,
+    username: Option<&str>,
+    joined: Option<Role>,
+    timestamp: u64,
+) {
     let presence = protocol::PresenceUpdate {
-        channel_name: j.channel,
-        delta: 1,
-        user_id: &c.user_id,
+        channel_name: channel,
+        delta: if joined.is_some() { 1 } else { -1 },
+        user_id,
         username: None,
-        timestamp: now,
+        timestamp,
     };
     emit_to_room(
-        s.within(room.clone()),
+        room_ops.clone(),
         st,
         outbound::PRESENCE,
         "presence",
@@ -242,103 +306,90 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     )
     .await;
     let system = protocol::SystemJoinLeave {
-        kind: "join",
-        user_id: &c.user_id,
-        username: c.username.as_deref(),
-        role: Some(j.role),
-        timestamp: now,
+        kind: if joined.is_some() { "join" } else { "leave" },
+        user_id,
+        username,
+        role: joined,
+        timestamp,
     };
-    emit_to_room(s.within(room), st, outbound::SYSTEM, "system", &system).await;
-    emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
-    Ok(())
+    emit_to_room(room_ops, st, outbound::SYSTEM, "system", &system).await;
 }
 
 async fn heartbeat<A: Adapter>(
     s: &SocketRef<A>,
     st: &AppState,
-    c: &Claims,
+    c: &Session,
     v: &Value,
 ) -> Result<()> {
     protocol::parse_heartbeat(v)?;
     let ack = protocol::HeartbeatAck {
         timestamp: unix_millis(),
-        user_id: &c.user_id,
+        user_id: &c.user_id_out,
     };
     emit_to_socket(s, st, outbound::HEARTBEAT_ACK, "heartbeat_ack", &ack);
     Ok(())
 }
 
-async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value) -> Result<()> {
+async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Value) -> Result<()> {
     let channel = protocol::channel(v)?;
-    let room = protocol::room(channel);
-    if !is_member(s, &room) {
+    if !session::is_member(s, c, channel) {
         return Err(Error::NotMember);
     }
-    s.leave(room);
+    c.remove(channel);
+    s.leave(protocol::room(channel));
     announce_leave(s, st, c, channel).await;
     Ok(())
 }
 
 /// Tells the rest of a room that this socket left (by `leave` or by disconnecting).
-async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, channel: &str) {
+async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, channel: &str) {
     st.membership_changed();
     st.metrics
         .presence_delta
         .with_label_values(&["leave"])
         .inc();
-    if st.presence_left(channel, &c.user_id) == Announce::Batched {
+    if st.presence_left(channel, &c.user_id_out) == Announce::Batched {
+        return;
+    }
+    if st.presence_churn(s.id, c.change(channel, None)) != Decision::Announce {
         return;
     }
     let room = protocol::room(channel);
-    let now = unix_millis();
-    let presence = protocol::PresenceUpdate {
-        channel_name: channel,
-        delta: -1,
-        user_id: &c.user_id,
-        username: None,
-        timestamp: now,
-    };
-    emit_to_room(
-        s.to(room.clone()),
+    announce(
+        s.to(room),
         st,
-        outbound::PRESENCE,
-        "presence",
-        &presence,
+        channel,
+        &c.user_id_out,
+        c.username_out.as_deref(),
+        None,
+        unix_millis(),
     )
     .await;
-    let system = protocol::SystemJoinLeave {
-        kind: "leave",
-        user_id: &c.user_id,
-        username: c.username.as_deref(),
-        role: None,
-        timestamp: now,
-    };
-    emit_to_room(s.to(room), st, outbound::SYSTEM, "system", &system).await;
 }
 
 /// The channel of a member-only event, after the payload and membership checks.
-fn member_channel<'v, A: Adapter>(s: &SocketRef<A>, v: &'v Value) -> Result<&'v str> {
+fn member_channel<'v, A: Adapter>(s: &SocketRef<A>, c: &Session, v: &'v Value) -> Result<&'v str> {
     let channel = protocol::channel(v)?;
-    if !is_member(s, &protocol::room(channel)) {
+    if !session::is_member(s, c, channel) {
         return Err(Error::NotMember);
     }
     Ok(channel)
 }
 
-async fn chat<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value) -> Result<()> {
-    let channel = member_channel(s, v)?;
+async fn chat<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Value) -> Result<()> {
+    let channel = member_channel(s, c, v)?;
     let config = st.config();
     let raw = protocol::chat_message(v, config.gateway.limits.max_message_length)?;
     let limit = config.gateway.rate_limits.messages_per_minute;
-    st.check_send(Kind::Messages, channel, &c.user_id, limit)
+    st.check_send(Kind::Messages, channel, &c.claims.user_id, limit)
         .await?;
     let message = st.sanitizer.clean(raw);
     if message.is_empty() {
         return Err(Error::EmptyMessage);
     }
     let out = protocol::ChatNew {
-        user_id: &c.user_id,
-        username: c.username.as_deref(),
+        user_id: &c.user_id_out,
+        username: c.username_out.as_deref(),
         message: &message,
         timestamp: unix_millis(),
     };
@@ -353,16 +404,16 @@ async fn chat<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     Ok(())
 }
 
-async fn gift<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value) -> Result<()> {
-    let channel = member_channel(s, v)?;
+async fn gift<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Value) -> Result<()> {
+    let channel = member_channel(s, c, v)?;
     let config = st.config();
     let g = protocol::parse_gift(v, config.gateway.limits.max_gift_qty)?;
     let limit = config.gateway.rate_limits.gifts_per_minute;
-    st.check_send(Kind::Gifts, channel, &c.user_id, limit)
+    st.check_send(Kind::Gifts, channel, &c.claims.user_id, limit)
         .await?;
     let out = protocol::GiftNew {
-        from: &c.user_id,
-        from_username: c.username.as_deref(),
+        from: &c.user_id_out,
+        from_username: c.username_out.as_deref(),
         gift_id: g.gift_id,
         qty: g.qty,
         timestamp: unix_millis(),
@@ -381,30 +432,39 @@ async fn gift<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
 async fn moderate<A: Adapter>(
     s: &SocketRef<A>,
     st: &AppState,
-    c: &Claims,
+    c: &Session,
     v: &Value,
 ) -> Result<()> {
     let channel = protocol::channel(v)?;
     let config = st.config();
-    if !c.can_moderate(&config.gateway.moderation) {
-        return Err(Error::Forbidden);
+    let moderation = &config.gateway.moderation;
+    match trust::moderation_right(&c.claims, moderation) {
+        None => return Err(Error::Forbidden),
+        Some(ModerationRight::OgLevel) if !session::is_member(s, c, channel) => {
+            return Err(Error::NotMember);
+        }
+        Some(_) => {}
     }
-    let m = protocol::parse_moderation(v)?;
+    let m = protocol::parse_moderation(v, config.gateway.limits.max_reason_length)?;
+    let limit = config.gateway.rate_limits.moderation_per_minute;
+    st.check_send(Kind::Moderation, channel, &c.claims.user_id, limit)
+        .await?;
     apply_moderation(
         s.within(protocol::room(channel)),
         st,
         channel,
         &m,
-        &c.user_id,
-        c.username.as_deref(),
-        config.gateway.moderation.mute_seconds,
+        &c.claims.user_id,
+        c.claims.username.as_deref(),
+        moderation.mute_seconds,
     )
     .await;
     Ok(())
 }
 
 /// Announces a moderation decision to the room and carries it out; shared by the socket handler
-/// and the bridge. `room_ops` addresses every member of the channel's room.
+/// and the bridge. `room_ops` addresses every member of the channel's room. The reason is
+/// sanitized like chat (an empty result is no reason); the names are escaped.
 pub async fn apply_moderation<A: Adapter>(
     room_ops: socketioxide::operators::BroadcastOperators<A>,
     st: &AppState,
@@ -420,12 +480,18 @@ pub async fn apply_moderation<A: Adapter>(
     if let (Some(target), Some(seconds)) = (m.target_user_id, duration) {
         st.mute(channel, target, seconds).await;
     }
+    let reason = m
+        .reason
+        .map(|r| st.sanitizer.clean(r))
+        .filter(|r| !r.is_empty());
+    let by_username = by_username.map(escape);
+    let target = m.target_user_id.map(escape);
     let event = protocol::ModEvent {
         action: m.action,
-        by,
-        by_username,
-        reason: m.reason,
-        target_user_id: m.target_user_id,
+        by: &escape(by),
+        by_username: by_username.as_deref(),
+        reason: reason.as_deref(),
+        target_user_id: target.as_deref(),
         duration_seconds: duration,
         timestamp: unix_millis(),
     };
@@ -438,6 +504,13 @@ pub async fn apply_moderation<A: Adapter>(
     )
     .await;
     if m.action == Action::End {
+        // This replica's members forget the channel at once; other replicas' sessions learn it
+        // from their adapter on their next check (see `session`).
+        for member in room_ops.clone().sockets() {
+            if let Some(session) = member.extensions.get::<Arc<Session>>() {
+                session.remove(channel);
+            }
+        }
         // Every member leaves the room, on every replica the adapter reaches.
         if let Err(e) = room_ops.leave(room).await {
             tracing::warn!(error = %e, "ending the channel could not remove every member");
@@ -447,13 +520,27 @@ pub async fn apply_moderation<A: Adapter>(
     }
 }
 
-/// Announces every pending presence batch to its room and, when `resync` is set, replaces the
-/// counted local room sizes with the adapter's. Run on the `presence.batchIntervalMs` timer.
+/// Announces the joins and leaves held by churn damping and every pending presence batch to
+/// their rooms and, when `resync` is set, replaces the counted local room sizes with the
+/// adapter's. Run on the `presence.batchIntervalMs` timer.
 pub async fn flush_presence<A: Adapter>(io: &SocketIo<A>, st: &AppState, resync: bool) {
     let Some(ns) = io.of(NAMESPACE) else {
         return;
     };
     let now = unix_millis();
+    for h in st.take_held_presence() {
+        let room = ns.clone().to(protocol::room(&h.channel));
+        announce(
+            room,
+            st,
+            &h.channel,
+            &h.user_id,
+            h.username.as_deref(),
+            h.joined,
+            now,
+        )
+        .await;
+    }
     for (channel, batch) in st.take_presence_batches() {
         let payload = batch.payload(&channel, now);
         emit_to_room(

@@ -9,26 +9,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use socketioxide::SocketIo;
 use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::{ParserConfig, SocketIo};
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::args::Settings;
+use crate::args::{ConnectionLimits, Settings};
 use crate::auth::Verifier;
 use crate::bridge::{self, AdminState};
+use crate::client_ip::{PerSource, SourceKey, client_ip};
 use crate::cluster::{self, ResilientDriver, SharedStore};
 use crate::config::{self, ConfigSource, Origins};
-use crate::drain::{Connections, DrainableListener};
+use crate::drain::Connections;
 use crate::error::{Error, Result};
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::realtime::{self, NAMESPACE};
 use crate::state::AppState;
@@ -46,6 +49,13 @@ const WS_READ_BUFFER_BYTES: usize = 1024;
 /// How long a Redis-mode gateway waits for its pub/sub subscriptions before it opens its
 /// listeners anyway.
 const REDIS_STARTUP_GRACE: Duration = Duration::from_secs(5);
+/// The live protocol has no binary events: a binary attachment closes the session (before and
+/// after authentication). socketioxide's defaults buffered up to 10,000 attachments and 10 MB
+/// per socket, with a completion timeout checked only when the next attachment arrived.
+const MAX_BINARY_ATTACHMENTS: usize = 0;
+/// Kept short in case attachments are ever allowed: a partial binary packet is dropped (and the
+/// session closed) when its next part comes later than this.
+const PACKET_COMPLETION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the gateway until `shutdown` resolves, then drains and returns.
 ///
@@ -63,12 +73,17 @@ pub async fn run(
     let source = ConfigSource {
         path: settings.config.clone(),
         cors_env: settings.cors_env.clone(),
+        dev: settings.dev,
     };
     let initial = source.load()?;
-    if initial.origins == Origins::Any {
-        tracing::warn!(
-            "no CORS_ALLOW and no cors.allowedOrigins: every browser origin may connect"
-        );
+    match &initial.origins {
+        Origins::Any => tracing::warn!(
+            "every browser origin may connect (CORS `*` or --dev), without credentials"
+        ),
+        Origins::Only(list) if list.is_empty() => tracing::info!(
+            "no CORS_ALLOW and no cors.allowedOrigins: browser origins are refused (native clients are not affected)"
+        ),
+        Origins::Only(_) => {}
     }
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
     let verifier = Verifier::new(
@@ -82,8 +97,22 @@ pub async fn run(
     config::spawn_reloader(source, config_tx, metrics, background.clone())?;
     spawn_sweeper(state.clone(), background.clone());
 
+    let limits = &settings.connection;
+    let parser = ParserConfig::common()
+        .max_incoming_binaries(MAX_BINARY_ATTACHMENTS)
+        .max_incoming_binary_buf_size(0)
+        .packet_completion_timeout(PACKET_COMPLETION_TIMEOUT);
     let builder = SocketIo::builder()
         .req_path(SOCKET_PATH)
+        .with_parser(parser)
+        .connect_timeout(limits.connect_timeout)
+        .max_connect_failures(limits.max_connect_failures)
+        // A burst of five seconds' worth: above the per-connection event budget's refusals
+        // and disconnect (rateLimits), so this backstop only meets what the budget cannot see.
+        .max_packets_per_second(
+            limits.max_packets_per_second,
+            limits.max_packets_per_second.saturating_mul(5),
+        )
         .max_payload(settings.max_payload_bytes as u64)
         .ws_max_message_size(settings.max_payload_bytes)
         .ws_max_frame_size(settings.max_payload_bytes)
@@ -99,7 +128,7 @@ pub async fn run(
                 NAMESPACE,
                 realtime::on_connect::<LocalAdapter>.with(realtime::authenticate::<LocalAdapter>),
             );
-            let public_app = public_router(state.clone(), layer);
+            let public_app = public_router(state.clone(), layer, &settings.connection);
             serve(
                 settings,
                 state,
@@ -114,6 +143,7 @@ pub async fn run(
         }
         Some(redis) => {
             let (subscriber, pool) = cluster::clients(&redis.url)?;
+            let state = state.with_shared_hosts(pool.clone(), &redis.prefix);
             let metrics = state.metrics.clone();
             let driver =
                 ResilientDriver::start(subscriber.clone(), metrics.clone(), background.clone());
@@ -156,7 +186,7 @@ pub async fn run(
                 );
             }
             tracing::info!(pod = %redis.pod, prefix = %redis.prefix, "redis mode: replicas share fan-out, limits, mutes and counts");
-            let public_app = public_router(state.clone(), layer);
+            let public_app = public_router(state.clone(), layer, &settings.connection);
             serve(
                 settings,
                 state,
@@ -177,8 +207,9 @@ pub async fn run(
 /// The adapter type of a Redis-backed gateway.
 type RedisAdapterT = CustomRedisAdapter<Emitter, ResilientDriver>;
 
-/// The public router: the origin guard, CORS, then Socket.IO; everything else is 404.
-fn public_router<L>(state: AppState, socketio: L) -> Router
+/// The public router: the guard (origins, draining, sessions per source), CORS, a body timeout,
+/// then Socket.IO; everything else is 404.
+fn public_router<L>(state: AppState, socketio: L, limits: &ConnectionLimits) -> Router
 where
     L: tower::Layer<Router>,
     L::Service:
@@ -187,28 +218,54 @@ where
     <L::Service as tower::Service<Request>>::Future: Send + 'static,
 {
     let cors_state = state.clone();
+    let credentials_state = state.clone();
+    // The origin is reflected, never `*`: under `*` (or --dev) every origin is reflected but
+    // without credentials; a listed origin gets credentials.
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
             origin
                 .to_str()
                 .is_ok_and(|o| cors_state.config().origins.allows(o))
         }))
-        .allow_credentials(true)
+        .allow_credentials(AllowCredentials::predicate(
+            move |origin: &HeaderValue, _| {
+                origin
+                    .to_str()
+                    .is_ok_and(|o| credentials_state.config().origins.allows_credentials(o))
+            },
+        ))
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
     // The Socket.IO layer is applied exactly once: each `layer()` call builds a separate engine
     // with its own session table, and `Router::layer` may call it more than once (polling then
     // fails with "Session ID unknown" when two requests land on different engines).
     let not_found = Router::new().fallback(|| async { StatusCode::NOT_FOUND });
+    let guard_state = Guard {
+        app: state,
+        trusted: Arc::new(limits.trusted_proxies.clone()),
+        max_per_source: limits.max_connections_per_ip,
+    };
     Router::new()
         .fallback_service(socketio.layer(not_found))
+        .layer(RequestBodyTimeoutLayer::new(limits.request_body_timeout))
         .layer(cors)
-        .layer(middleware::from_fn_with_state(state, guard))
+        .layer(middleware::from_fn_with_state(guard_state, guard))
+}
+
+/// What the public guard needs.
+#[derive(Debug, Clone)]
+struct Guard {
+    app: AppState,
+    trusted: Arc<crate::client_ip::TrustedProxies>,
+    max_per_source: u32,
 }
 
 /// Refuses, before Socket.IO sees them, handshakes from origins not on the list (polling and
-/// WebSocket upgrades alike) and new sessions while draining.
-async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// WebSocket upgrades alike), new sessions while draining, and new sessions from a source that
+/// holds `LIVE_MAX_CONNECTIONS_PER_IP` already. A new session holds its source's slot (in its
+/// request's extensions, which the session keeps) until it closes.
+async fn guard(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+    let state = &guard.app;
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let allowed = origin
             .to_str()
@@ -230,7 +287,40 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     if state.is_draining() && is_new_session {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    next.run(detach_from_read_buffer(req)).await
+    let mut req = detach_from_read_buffer(req);
+    if is_new_session && guard.max_per_source != 0 {
+        let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>();
+        if let Some(ConnectInfo(peer)) = peer {
+            let source = client_ip(peer.ip(), req.headers(), &guard.trusted);
+            match state
+                .sessions_per_source
+                .acquire(SourceKey::of(source), guard.max_per_source)
+            {
+                Some(slot) => {
+                    req.extensions_mut().insert(Arc::new(slot));
+                }
+                None => {
+                    state
+                        .metrics
+                        .connections_refused
+                        .with_label_values(&["public", "per_ip_sessions"])
+                        .inc();
+                    if let Some(suppressed) = state.logs.admit("session_refused") {
+                        tracing::info!(
+                            suppressed,
+                            "session refused: its source holds the maximum (sampled)"
+                        );
+                    }
+                    return (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from this address",
+                    )
+                        .into_response();
+                }
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// Copies the request's URI and headers into allocations of their own.
@@ -324,19 +414,46 @@ async fn serve<A: Adapter>(
     let connections = Connections::default();
     let stop_public = CancellationToken::new();
     let stop_admin = CancellationToken::new();
-    let mut public_task = tokio::spawn(
-        axum::serve(
-            DrainableListener::new(public, connections.clone()),
-            public_app,
-        )
-        .with_graceful_shutdown(stop_public.clone().cancelled_owned())
-        .into_future(),
-    );
-    let mut admin_task = tokio::spawn(
-        axum::serve(admin, admin_app)
-            .with_graceful_shutdown(stop_admin.clone().cancelled_owned())
-            .into_future(),
-    );
+    let limits = &settings.connection;
+    let trusted = Arc::new(limits.trusted_proxies.clone());
+    let mut public_task = tokio::spawn(listener::serve(
+        public,
+        public_app,
+        listener::Limits {
+            name: "public",
+            max_connections: limits.max_connections,
+            max_per_source: limits.max_connections_per_ip,
+            header_read_timeout: limits.header_read_timeout,
+            trusted: Arc::clone(&trusted),
+        },
+        listener::Shared {
+            metrics: state.metrics.clone(),
+            logs: Arc::clone(&state.logs),
+            per_source: PerSource::default(),
+            drain: Some(connections.clone()),
+        },
+        stop_public.clone(),
+    ));
+    let admin_app = admin_app.layer(RequestBodyTimeoutLayer::new(limits.request_body_timeout));
+    let mut admin_task = tokio::spawn(listener::serve(
+        admin,
+        admin_app,
+        listener::Limits {
+            name: "admin",
+            max_connections: limits.admin_max_connections,
+            // The admin listener serves the cluster network only: backends, Prometheus, probes.
+            max_per_source: 0,
+            header_read_timeout: limits.header_read_timeout,
+            trusted,
+        },
+        listener::Shared {
+            metrics: state.metrics.clone(),
+            logs: Arc::clone(&state.logs),
+            per_source: PerSource::default(),
+            drain: None,
+        },
+        stop_admin.clone(),
+    ));
     tracing::info!(
         public = %settings.listen,
         admin = %settings.admin_listen,

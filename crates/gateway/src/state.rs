@@ -7,15 +7,21 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use socketioxide::socket::Sid;
+
 use crate::auth::{Claims, Verifier};
+use crate::churn::{self, Churn};
+use crate::client_ip::PerSource;
 use crate::cluster::{SendDecision, SharedStore};
 use crate::config::RuntimeConfig;
 use crate::error::Error;
+use crate::logsample::LogSampler;
 use crate::metrics::Metrics;
-use crate::moderation::Mutes;
+use crate::moderation::{Muted, Mutes};
 use crate::presence::{Announce, Batch, PresenceBook};
 use crate::ratelimit::{Decision, Kind, RateLimiter};
 use crate::sanitize::Sanitizer;
+use crate::trust::HostRegistry;
 
 /// Shared state; cloning is a handful of reference-count increments.
 #[derive(Clone, Debug)]
@@ -30,6 +36,14 @@ pub struct AppState {
     mutes: Arc<Mutex<Mutes>>,
     /// Local room sizes and pending presence batches for large rooms.
     presence: Arc<Mutex<PresenceBook>>,
+    /// Recent joins and leaves per socket and channel, for churn damping.
+    churn: Arc<Mutex<Churn<Sid>>>,
+    /// Hosts the backend asserted through the bridge.
+    pub hosts: HostRegistry,
+    /// Engine.IO sessions per client source, for the per-IP cap.
+    pub sessions_per_source: PerSource,
+    /// Sampling of repeatable failure logs.
+    pub logs: Arc<LogSampler>,
     pub sanitizer: Arc<Sanitizer>,
     pub metrics: Metrics,
     /// Set once, on SIGTERM/SIGINT: readiness fails and new handshakes are refused from then on.
@@ -51,6 +65,10 @@ impl AppState {
             limiter: Arc::default(),
             mutes: Arc::default(),
             presence: Arc::default(),
+            churn: Arc::default(),
+            hosts: HostRegistry::default(),
+            sessions_per_source: PerSource::default(),
+            logs: Arc::new(LogSampler::new(metrics.clone())),
             sanitizer: Arc::new(Sanitizer::default()),
             metrics,
             draining: Arc::default(),
@@ -61,6 +79,12 @@ impl AppState {
     /// Shares limits, mutes and counts through Redis.
     pub fn with_shared(mut self, shared: SharedStore) -> Self {
         self.shared = Some(shared);
+        self
+    }
+
+    /// Shares host assertions through Redis.
+    pub fn with_shared_hosts(mut self, pool: fred::clients::Pool, prefix: &str) -> Self {
+        self.hosts = self.hosts.with_redis(pool, prefix);
         self
     }
 
@@ -81,6 +105,7 @@ impl AppState {
             match kind {
                 Kind::Messages => Error::MessageRateLimited,
                 Kind::Gifts => Error::GiftRateLimited,
+                Kind::Moderation => Error::ModerationRateLimited,
             }
         };
         if self.is_muted(channel, user) {
@@ -114,6 +139,22 @@ impl AppState {
 
     pub fn presence_ended(&self, channel: &str) {
         lock(&self.presence).ended(channel);
+        lock(&self.churn).ended(channel);
+    }
+
+    /// Records a socket's join or leave for churn damping: announce it now, hold it for the
+    /// next flush, or drop it because it undid a held one.
+    pub fn presence_churn(&self, socket: Sid, change: churn::Held) -> churn::Decision {
+        let window =
+            std::time::Duration::from_millis(self.config().gateway.presence.batch_interval_ms);
+        lock(&self.churn).changed(&socket, change, Instant::now(), window)
+    }
+
+    /// The joins and leaves held by churn damping, for announcing.
+    pub fn take_held_presence(&self) -> Vec<churn::Held> {
+        let window =
+            std::time::Duration::from_millis(self.config().gateway.presence.batch_interval_ms);
+        lock(&self.churn).flush(Instant::now(), window)
     }
 
     pub fn take_presence_batches(&self) -> Vec<(String, Batch)> {
@@ -151,10 +192,14 @@ impl AppState {
         lock(&self.limiter).check(kind, user, limit, Instant::now())
     }
 
-    /// Mutes `user` in `channel` for `seconds`, here and (with Redis) on every replica.
+    /// Mutes `user` in `channel` for `seconds`, here and (with Redis) on every replica. The
+    /// local table keeps at most `moderation.maxMutesPerChannel` per channel.
     pub async fn mute(&self, channel: &str, user: &str, seconds: u64) {
         let until = Instant::now() + std::time::Duration::from_secs(seconds);
-        lock(&self.mutes).mute(channel, user, until);
+        let cap = self.config().gateway.moderation.max_mutes_per_channel;
+        if lock(&self.mutes).mute(channel, user, until, cap) == Muted::EvictedOldest {
+            self.metrics.mutes_evicted.inc();
+        }
         if let Some(shared) = &self.shared {
             shared.mute(channel, user, seconds).await;
         }
@@ -169,6 +214,7 @@ impl AppState {
         let now = Instant::now();
         lock(&self.limiter).sweep(now);
         lock(&self.mutes).sweep(now);
+        self.hosts.sweep(now);
     }
 
     pub fn start_draining(&self) {

@@ -66,12 +66,18 @@ impl<A: Adapter> Client<A> {
         #[cfg(feature = "tracing")]
         tracing::debug!("auth: {:?}", auth);
         let protocol: ProtocolVersion = esocket.protocol.into();
+        let limits = self.config.inbound;
         let connect = async move |ns: Arc<Namespace<A>>, esocket: Arc<EIoSocket<SocketData<A>>>| {
             if ns.connect(esocket.id, esocket.clone(), auth).await.is_ok() {
+                esocket.data.inbound.connect_succeeded();
                 // cancel the connect timeout task for v5
                 if let Some(tx) = esocket.data.connect_recv_tx.lock().unwrap().take() {
                     tx.send(()).ok();
                 }
+            } else if esocket.data.inbound.connect_failed(&limits) {
+                // live-realtime fork: the connect_error packet is queued before the close, so
+                // the client still learns why.
+                esocket.close(EIoDisconnectReason::PacketParsingError);
             }
         };
 
@@ -132,11 +138,17 @@ impl<A: Adapter> Client<A> {
         let (tx, rx) = oneshot::channel();
         socket.data.connect_recv_tx.lock().unwrap().replace(tx);
 
+        // live-realtime fork: the timer holds the socket weakly. Upstream's strong reference
+        // kept every session that closed without connecting (and its request parts and
+        // queue) alive until the timeout fired.
+        let socket = Arc::downgrade(&socket);
         tokio::spawn(
             tokio::time::timeout(self.config.connect_timeout, rx).map_err(move |_| {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("connect timeout for socket {}", socket.id);
-                socket.close(EIoDisconnectReason::TransportClose);
+                if let Some(socket) = socket.upgrade() {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("connect timeout for socket {}", socket.id);
+                    socket.close(EIoDisconnectReason::TransportClose);
+                }
             }),
         );
     }
@@ -210,10 +222,22 @@ impl<A: Adapter> Client<A> {
     pub(crate) fn parser(&self) -> Parser {
         self.config.parser
     }
+
+    /// Counts one received packet against the session's budget (live-realtime fork); a session
+    /// over it is closed and the packet is dropped undecoded.
+    fn within_budget(&self, socket: &EIoSocket<SocketData<A>>) -> bool {
+        if socket.data.inbound.packet(&self.config.inbound, std::time::Instant::now()) {
+            return true;
+        }
+        socket.close(EIoDisconnectReason::PacketParsingError);
+        false
+    }
 }
 
 pub struct SocketData<A: Adapter> {
     pub parser_state: ParserState,
+    /// Inbound limits of this session (live-realtime fork).
+    pub(crate) inbound: crate::inbound::InboundState,
     /// Channel used to notify the socket that it has been connected to a namespace for v5
     pub connect_recv_tx: Mutex<Option<oneshot::Sender<()>>>,
 
@@ -224,6 +248,7 @@ impl<A: Adapter> Default for SocketData<A> {
     fn default() -> Self {
         Self {
             parser_state: ParserState::default(),
+            inbound: Default::default(),
             connect_recv_tx: Mutex::new(None),
             io: OnceLock::new(),
         }
@@ -286,6 +311,9 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
     fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<EIoSocket<SocketData<A>>>) {
         #[cfg(feature = "tracing")]
         tracing::debug!("received message: {:?}", msg);
+        if !self.within_budget(&socket) {
+            return;
+        }
         let packet = match self.parser().decode_str(
             &self.config.parse_config,
             &socket.data.parser_state,
@@ -304,6 +332,11 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
         tracing::debug!("Packet: {:?}", packet);
 
         let res: Result<(), Error> = match packet.inner {
+            PacketData::Connect(_) if !socket.data.inbound.connect_received(&self.config.inbound) => {
+                // live-realtime fork: too many CONNECTs that did not succeed.
+                socket.close(EIoDisconnectReason::PacketParsingError);
+                Ok(())
+            }
             PacketData::Connect(auth) => {
                 self.sock_connect(auth, &packet.ns, &socket);
                 Ok(())
@@ -329,6 +362,9 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
     fn on_binary(self: &Arc<Self>, data: Bytes, socket: Arc<EIoSocket<SocketData<A>>>) {
         #[cfg(feature = "tracing")]
         tracing::debug!("received binary: {:?}", &data);
+        if !self.within_budget(&socket) {
+            return;
+        }
         let packet = match self.parser().decode_bin(
             &self.config.parse_config,
             &socket.data.parser_state,
@@ -345,6 +381,11 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
         };
 
         let res: Result<(), Error> = match packet.inner {
+            PacketData::Connect(_) if !socket.data.inbound.connect_received(&self.config.inbound) => {
+                // live-realtime fork: too many CONNECTs that did not succeed.
+                socket.close(EIoDisconnectReason::PacketParsingError);
+                Ok(())
+            }
             PacketData::Connect(auth) => {
                 self.sock_connect(auth, &packet.ns, &socket);
                 Ok(())

@@ -113,6 +113,10 @@ pub struct SocketIoConfig {
     /// Config for parser behaviors
     pub(crate) parse_config: ParseConfig,
 
+    /// Per-session inbound limits (live-realtime fork): packets per second and failed
+    /// CONNECTs. Off by default.
+    pub(crate) inbound: crate::inbound::InboundLimits,
+
     /// A global server identifier
     pub server_id: Uid,
 }
@@ -128,6 +132,7 @@ impl Default for SocketIoConfig {
             connect_timeout: Duration::from_secs(45),
             parser: Parser::default(),
             parse_config: ParseConfig::default(),
+            inbound: crate::inbound::InboundLimits::default(),
             server_id: Uid::new(),
         }
     }
@@ -286,6 +291,32 @@ impl<A: Adapter> SocketIoBuilder<A> {
     #[inline]
     pub fn connect_timeout(mut self, connect_timeout: Duration) -> Self {
         self.config.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// The namespace CONNECT packets of one Engine.IO session that may fail (live-realtime
+    /// fork). The session is closed once this many have failed, or when a CONNECT arrives while
+    /// this many are failed or still pending; a successful CONNECT does not count. Each CONNECT
+    /// runs the connect middlewares (token verification), so without a cap one session can make
+    /// the server verify tokens until its connect timeout.
+    ///
+    /// Defaults to 0: unlimited (upstream behaviour).
+    #[inline]
+    pub fn max_connect_failures(mut self, failures: u32) -> Self {
+        self.config.inbound.max_connect_failures = failures;
+        self
+    }
+
+    /// A budget of Socket.IO packets per Engine.IO session (live-realtime fork): `per_second`
+    /// sustained with bursts of `burst`, counting every packet the client sends (events, acks,
+    /// CONNECTs, binary frames), before it is decoded. A session over its budget is closed
+    /// ([`DisconnectReason::PacketParsingError`](crate::socket::DisconnectReason)).
+    ///
+    /// Defaults to 0: unlimited (upstream behaviour).
+    #[inline]
+    pub fn max_packets_per_second(mut self, per_second: u32, burst: u32) -> Self {
+        self.config.inbound.packets_per_second = per_second;
+        self.config.inbound.packet_burst = burst.max(1);
         self
     }
 

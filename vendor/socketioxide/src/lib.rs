@@ -356,6 +356,7 @@ pub use io::{ParserConfig, SocketIo, SocketIoBuilder, SocketIoConfig};
 
 mod client;
 mod errors;
+mod inbound;
 mod io;
 mod ns;
 mod parser;
