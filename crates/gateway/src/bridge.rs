@@ -16,7 +16,7 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::operators::BroadcastOperators;
 
-use crate::auth::{AuthError, Claims, bearer};
+use crate::auth::{AuthError, Claims, Purpose, bearer};
 use crate::error::{Error, Result};
 use crate::protocol::{self, outbound};
 use crate::realtime::{self, NAMESPACE};
@@ -33,6 +33,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/v1/channels/{channel}/metrics", "metrics"),
     ("get", "/v1/channels/{channel}/viewers", "viewers"),
     ("get", "/v1/channels/{channel}/users/{userId}", "user"),
+    ("post", "/v1/users/{userId}/disconnect", "user_disconnect"),
 ];
 
 /// What the admin router's handlers share.
@@ -107,6 +108,7 @@ pub fn router<A: Adapter>(state: AdminState<A>) -> Router {
         )
         .route("/v1/channels/{channel}/viewers", get(viewers::<A>))
         .route("/v1/channels/{channel}/users/{userId}", get(user::<A>))
+        .route("/v1/users/{userId}/disconnect", post(disconnect_user::<A>))
         .with_state(state)
 }
 
@@ -129,18 +131,16 @@ async fn metrics<A: Adapter>(State(s): State<AdminState<A>>) -> Response {
         .into_response()
 }
 
-/// Authenticates a bridge caller: a valid token whose role is `service` or `admin`.
-fn caller(st: &AppState, headers: &HeaderMap) -> Result<Claims> {
+/// Authenticates a bridge caller: a service token (role `service`, the service audience, a
+/// short `exp`), or an `admin` user token when `LIVE_BRIDGE_ALLOW_ADMIN` is set
+/// ([`crate::auth::policy`]).
+async fn caller(st: &AppState, headers: &HeaderMap) -> Result<Claims> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
         .ok_or(AuthError::MissingToken)?;
-    let claims = st.verify(token)?;
-    if !claims.can_use_bridge() {
-        return Err(AuthError::RoleNotAllowed.into());
-    }
-    Ok(claims)
+    Ok(st.verify(token, Purpose::Bridge).await?)
 }
 
 /// The request body as a JSON object.
@@ -205,7 +205,7 @@ async fn publish<A: Adapter>(
     route: &'static str,
 ) -> Response {
     let result = async {
-        caller(&s.app, &headers)?;
+        caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
         let o = body_object(&body)?;
         let ops = room_ops(&s.io, channel)?;
@@ -323,7 +323,7 @@ async fn viewers<A: Adapter>(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        caller(&s.app, &headers)?;
+        caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
         let local = || room_ops(&s.io, channel).map(|ops| ops.sockets().len() as u64);
         let count = match &s.app.shared {
@@ -346,7 +346,7 @@ async fn user<A: Adapter>(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        caller(&s.app, &headers)?;
+        caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
         let local = || {
             room_ops(&s.io, channel).map(|ops| {
@@ -368,6 +368,27 @@ async fn user<A: Adapter>(
     }
     .await;
     respond(&s.app, "user", StatusCode::OK, result)
+}
+
+/// Disconnects every socket of a user on every replica; each first gets `auth:revoked`.
+async fn disconnect_user<A: Adapter>(
+    State(s): State<AdminState<A>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        caller(&s.app, &headers).await?;
+        if user_id.is_empty() || user_id.len() > protocol::MAX_USER_ID_LEN {
+            return Err(Error::InvalidField {
+                field: "userId",
+                reason: "must be a non-empty string of at most 128 bytes".into(),
+            });
+        }
+        crate::lifecycle::disconnect_user(&s.io, &s.app, &user_id).await?;
+        Ok(json!({ "ok": true }))
+    }
+    .await;
+    respond(&s.app, "user_disconnect", StatusCode::ACCEPTED, result)
 }
 
 /// The one conversion from a bridge outcome to an HTTP response, and its metric.
@@ -395,7 +416,7 @@ fn respond(
                     (StatusCode::UNAUTHORIZED, e.code(), e.client_message())
                 }
                 Error::InvalidJson(_) => (StatusCode::BAD_REQUEST, e.code(), e.client_message()),
-                Error::Config(_) | Error::Startup(_) | Error::Io(_) => {
+                Error::Config(_) | Error::Startup(_) | Error::Keys(_) | Error::Io(_) => {
                     tracing::error!(route, error = %e, "bridge call failed");
                     (
                         StatusCode::INTERNAL_SERVER_ERROR,

@@ -38,6 +38,8 @@ pub enum Error {
     InvalidTarget,
     #[error("authentication failed: {0}")]
     Unauthorized(#[from] AuthError),
+    #[error("auth:refresh with a token for another user")]
+    UserMismatch,
     #[error("request body is not a JSON object: {0}")]
     InvalidJson(String),
     #[error("field `{field}` is invalid: {reason}")]
@@ -46,6 +48,8 @@ pub enum Error {
     Config(#[from] live_api::ConfigError),
     #[error("startup: {0}")]
     Startup(String),
+    #[error("verification keys: {0}")]
+    Keys(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -68,10 +72,12 @@ impl Error {
             Self::InvalidAction => "invalid_action",
             Self::InvalidTarget => "invalid_target",
             Self::Unauthorized(_) => "unauthorized",
+            Self::UserMismatch => "user_mismatch",
             Self::InvalidJson(_) => "invalid_json",
             Self::InvalidField { .. } => "invalid_field",
             Self::Config(_) => "config",
             Self::Startup(_) => "startup",
+            Self::Keys(_) => "keys",
             Self::Io(_) => "io",
         }
     }
@@ -95,9 +101,12 @@ impl Error {
             Self::InvalidAction => "Invalid moderation action".into(),
             Self::InvalidTarget => "Mute requires targetUserId".into(),
             Self::Unauthorized(_) => "unauthorized".into(),
+            Self::UserMismatch => "The new token is for another user".into(),
             Self::InvalidJson(m) => format!("Invalid JSON body: {m}"),
             Self::InvalidField { field, reason } => format!("Invalid field `{field}`: {reason}"),
-            Self::Config(_) | Self::Startup(_) | Self::Io(_) => "Internal error".into(),
+            Self::Config(_) | Self::Startup(_) | Self::Keys(_) | Self::Io(_) => {
+                "Internal error".into()
+            }
         }
     }
 

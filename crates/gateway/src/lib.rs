@@ -5,7 +5,8 @@
 //! parts and serves the public Socket.IO listener and the admin listener ([`bridge`]) until its
 //! shutdown future resolves, then drains ([`drain`]). The protocol lives in [`protocol`] (pure
 //! parsing and payload shapes) and [`realtime`] (the Socket.IO handlers). Decisions are pure and
-//! take time as an argument: [`auth`] (JWT), [`ratelimit`], [`moderation`] (mutes),
+//! take time as an argument: [`auth`] (JWT keys, rotation and token rules), [`lifecycle`] (token
+//! expiry, refresh and key retirement on live connections), [`ratelimit`], [`moderation`] (mutes),
 //! [`sanitize`], [`presence`] (coalescing for large rooms). [`cluster`] runs many replicas as one. Shared state is [`state::AppState`]; configuration and its hot reload are in
 //! [`config`]; every metric is defined in [`metrics`]; every error in [`error`].
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod dev;
 pub mod drain;
 pub mod error;
+pub mod lifecycle;
 pub mod metrics;
 pub mod moderation;
 pub mod presence;

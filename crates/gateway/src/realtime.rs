@@ -16,7 +16,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
-use crate::auth::{AuthError, Claims, token_from};
+use crate::auth::{AuthError, Claims, Purpose, token_from};
 use crate::error::{Error, Result};
 use crate::presence::Announce;
 use crate::protocol::{self, Action, inbound, outbound};
@@ -48,11 +48,13 @@ pub async fn authenticate<A: Adapter>(
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let outcome = token_from(auth.as_ref().ok(), header)
-        .ok_or(AuthError::MissingToken)
-        .and_then(|t| state.verify(t));
+    let outcome = match token_from(auth.as_ref().ok(), header) {
+        Some(t) => state.verify(t, Purpose::Socket).await,
+        None => Err(AuthError::MissingToken),
+    };
     match outcome {
         Ok(claims) => {
+            crate::lifecycle::on_authenticated(&s, &state, &claims);
             s.extensions.insert(Arc::new(claims));
             state
                 .metrics
@@ -136,10 +138,10 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
                State(st): State<AppState>,
                Extension(c): Extension<Arc<Claims>>| {
             st.metrics.active_connections.dec();
-            st.metrics
-                .disconnects
-                .with_label_values(&[disconnect_label(reason)])
-                .inc();
+            let label =
+                crate::lifecycle::end_reason(&s).unwrap_or_else(|| disconnect_label(reason));
+            st.metrics.disconnects.with_label_values(&[label]).inc();
+            crate::lifecycle::on_disconnect(s.id, &st, &c);
             // Rooms are still readable here; socketioxide removes them after this handler.
             for room in s.rooms() {
                 if let Some(channel) = protocol::channel_of(&room) {

@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::args::Settings;
-use crate::auth::Verifier;
 use crate::bridge::{self, AdminState};
 use crate::cluster::{self, ResilientDriver, SharedStore};
 use crate::config::{self, ConfigSource, Origins};
@@ -71,14 +70,15 @@ pub async fn run(
         );
     }
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
-    let verifier = Verifier::new(
-        &settings.key,
-        settings.issuer.as_deref(),
-        settings.audience.as_deref(),
-    )
-    .map_err(Error::Startup)?;
-    let state = AppState::new(config_rx, verifier, metrics.clone());
     let background = CancellationToken::new();
+    let verifier = match crate::auth::start(&settings.auth, &metrics, &background).await {
+        Ok(v) => v,
+        Err(e) => {
+            background.cancel();
+            return Err(e);
+        }
+    };
+    let state = AppState::new(config_rx, verifier, metrics.clone());
     config::spawn_reloader(source, config_tx, metrics, background.clone())?;
     spawn_sweeper(state.clone(), background.clone());
 
@@ -316,6 +316,7 @@ async fn serve<A: Adapter>(
         );
     }
     spawn_presence_flusher(io.clone(), state.clone(), background.clone());
+    crate::lifecycle::spawn(io.clone(), state.clone(), background.clone());
     let admin_app = bridge::router(AdminState {
         app: state.clone(),
         io,

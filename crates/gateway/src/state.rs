@@ -7,10 +7,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::auth::{Claims, Verifier};
+use crate::auth::{AuthError, Claims, Purpose, Verifier};
 use crate::cluster::{SendDecision, SharedStore};
 use crate::config::RuntimeConfig;
 use crate::error::Error;
+use crate::lifecycle::Sessions;
 use crate::metrics::Metrics;
 use crate::moderation::Mutes;
 use crate::presence::{Announce, Batch, PresenceBook};
@@ -24,6 +25,8 @@ pub struct AppState {
     /// a reload applies to existing connections from their next event on.
     config: watch::Receiver<Arc<RuntimeConfig>>,
     pub verifier: Arc<Verifier>,
+    /// When each connection's token ends: one queue for the process, swept by one task.
+    pub sessions: Sessions,
     /// One lock for all users: a check is a hash lookup and an add, far shorter than the JSON
     /// work around it, so contention stays low at the rates one gateway sees.
     limiter: Arc<Mutex<RateLimiter>>,
@@ -48,6 +51,7 @@ impl AppState {
         Self {
             config,
             verifier: Arc::new(verifier),
+            sessions: Sessions::default(),
             limiter: Arc::default(),
             mutes: Arc::default(),
             presence: Arc::default(),
@@ -141,9 +145,12 @@ impl AppState {
         self.config.clone()
     }
 
-    /// Verifies a token now.
-    pub fn verify(&self, token: &str) -> Result<Claims, crate::auth::AuthError> {
-        self.verifier.verify(token, unix_seconds())
+    /// Verifies a token for `purpose` now (waiting briefly for a JWKS refetch when its `kid` is
+    /// unknown).
+    pub async fn verify(&self, token: &str, purpose: Purpose) -> Result<Claims, AuthError> {
+        self.verifier
+            .verify_fresh(token, purpose, unix_seconds)
+            .await
     }
 
     /// Counts one event against the user's local budget for `kind`.
