@@ -108,7 +108,7 @@ mod tests {
     fn dev_tokens_verify_with_their_secret_and_carry_the_right_roles() {
         let secret = generate_secret();
         assert_eq!(secret.len(), 64);
-        let v = Verifier::single(&KeyMaterial::Hs256Secret(secret.clone()), None, None).unwrap();
+        let v = Verifier::new(&KeyMaterial::Hs256Secret(secret.clone()), None, None).unwrap();
         let toks = tokens(&secret, v.policy());
         let roles: Vec<_> = toks
             .iter()
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn dev_tokens_follow_a_required_audience_and_issuer() {
         let secret = generate_secret();
-        let v = Verifier::single(
+        let v = Verifier::new(
             &KeyMaterial::Hs256Secret(secret.clone()),
             Some("https://issuer.dev"),
             Some("live"),

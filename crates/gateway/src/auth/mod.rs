@@ -266,7 +266,7 @@ pub async fn start(
         jwks = set.count(KeySource::Jwks),
         "verification keys loaded"
     );
-    Ok(Verifier::new(ring, settings.policy.clone(), refresh))
+    Ok(Verifier::with_keys(ring, settings.policy.clone(), refresh))
 }
 
 /// Picks the token from the handshake: `auth.token` first, else `Authorization: Bearer <jwt>`.

@@ -27,7 +27,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(keys: Arc<KeyRing>, policy: TokenPolicy, jwks: Option<JwksRefresh>) -> Self {
+    /// A verifier over a ring's live key set.
+    pub fn with_keys(keys: Arc<KeyRing>, policy: TokenPolicy, jwks: Option<JwksRefresh>) -> Self {
         Self {
             keys,
             policy: Arc::new(policy),
@@ -35,9 +36,9 @@ impl Verifier {
         }
     }
 
-    /// A verifier with one key and the default policy (plus `issuer` / `audience`), for tests and
-    /// embedders with a single static key.
-    pub fn single(
+    /// A verifier with one static key and the default policy (plus `issuer` / `audience`), for
+    /// tests and embedders.
+    pub fn new(
         key: &KeyMaterial,
         issuer: Option<&str>,
         audience: Option<&str>,
@@ -49,7 +50,7 @@ impl Verifier {
             audience: audience.map(str::to_owned),
             ..TokenPolicy::default()
         };
-        Ok(Self::new(ring, policy, None))
+        Ok(Self::with_keys(ring, policy, None))
     }
 
     pub fn policy(&self) -> &TokenPolicy {
@@ -145,7 +146,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn verifier() -> Verifier {
-        Verifier::single(&KeyMaterial::Hs256Secret(SECRET.into()), None, None).unwrap()
+        Verifier::new(&KeyMaterial::Hs256Secret(SECRET.into()), None, None).unwrap()
     }
 
     fn user(extra: serde_json::Value) -> serde_json::Value {
@@ -251,7 +252,7 @@ mod tests {
 
     #[test]
     fn es256_verifies_and_refuses_the_public_key_used_as_an_hmac_secret() {
-        let v = Verifier::single(&KeyMaterial::Es256Pem(EC_PUBLIC.into()), None, None).unwrap();
+        let v = Verifier::new(&KeyMaterial::Es256Pem(EC_PUBLIC.into()), None, None).unwrap();
         let good = encode(
             &Header::new(Algorithm::ES256),
             &user(json!({})),
