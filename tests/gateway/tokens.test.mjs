@@ -186,20 +186,20 @@ describe('token lifecycle on live connections', () => {
     assert.equal(typeof expired.message, 'string');
     const { reason, at } = await waitDisconnect(s, 3000);
     assert.equal(reason, 'io server disconnect');
-    assert.ok(at - noticedAt >= 3000, `notice ${at - noticedAt} ms before the disconnect`);
+    assert.ok(at - noticedAt >= 2000, `notice ${at - noticedAt} ms before the disconnect`);
     assert.ok(at >= exp * 1000, 'not before exp');
     const after = metricValue(await metricsText(gw), 'ws_disconnects_total', { reason: 'token_expired' });
     assert.equal(after, before + 1);
   });
 
   test('a connection that refreshes with a fresh token for the same user lives on', async () => {
-    const u = user({ exp: now() - 2 }); // within the leeway: ends in about 3 s unless refreshed
+    const u = user({ exp: now() }); // ends in about 5 s (exp + leeway) unless refreshed
     const s = await connect(gw, u.token);
     await nextEvent(s, 'auth:expiring', 3000);
     const newExp = now() + 3600;
     const ack = await emitAck(s, 'auth:refresh', { token: token({ userId: u.userId, exp: newExp }) });
     assert.deepEqual(ack, { ok: true, expiresAt: (newExp + 5) * 1000 });
-    await expectNoEvent(s, 'auth:expired', 5000);
+    await expectNoEvent(s, 'auth:expired', 6000);
     assert.equal(s.connected, true);
     assert.equal((await emitAck(s, 'heartbeat', {})).ok, true);
   });
