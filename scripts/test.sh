@@ -41,6 +41,18 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 
+# openssl makes the CA and server certificate of the JWKS-over-HTTPS end-to-end test.
+if ! command -v openssl >/dev/null 2>&1; then
+  step "installing openssl"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "openssl is missing: install it (e.g. apt-get install openssl)" >&2
+    exit 1
+  fi
+fi
+
 # kubernetes-validate (PyPI) checks the operator's output against the Kubernetes schemas offline.
 if ! python3 -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1; then
   step "installing kubernetes-validate (PyPI)"

@@ -79,10 +79,12 @@ describe('bridge', () => {
       assertError(r2, 403, 'forbidden');
     });
 
-    test('an admin token is accepted as well as a service token', async () => {
+    test('a service token is accepted and an admin token gets 403 (LIVE_BRIDGE_ALLOW_ADMIN is off)', async () => {
+      const ok = await bridge(gw, 'POST', route(), body, service());
+      assert.equal(ok.status, 202);
+      assert.deepEqual(ok.json, ACCEPTED);
       const r = await bridge(gw, 'POST', route(), body, admin());
-      assert.equal(r.status, 202);
-      assert.deepEqual(r.json, ACCEPTED);
+      assertError(r, 403, 'forbidden');
     });
   });
 

@@ -19,8 +19,12 @@ export const repoRoot = path.resolve(here, '..', '..');
 export const gatewayBin =
   process.env.LIVE_GATEWAY_BIN ?? path.join(repoRoot, 'target', 'debug', 'live-gateway');
 
-/** The HS256 secret every gateway in this suite is started with unless a test says otherwise. */
-export const SECRET = 'e2e-secret-4f1c2b7a9d0e';
+/** The HS256 secret every gateway in this suite is started with unless a test says otherwise
+ * (at least 32 bytes: the gateway refuses shorter HS256 secrets outside --dev). */
+export const SECRET = 'e2e-secret-4f1c2b7a9d0e-6b8e0f3a5c7d9e1f';
+
+/** The audience a service token (role `service`) needs to call the bridge (JWT_SERVICE_AUDIENCE). */
+export const SERVICE_AUDIENCE = 'live-bridge';
 
 const READY_TIMEOUT_MS = 10_000;
 const STOP_GRACE_MS = 8_000;
@@ -189,16 +193,20 @@ export async function startGateway(opts = {}) {
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 
 /**
- * Signs a JWT. Claims default to {iat: now, exp: now + 1h}; pass `exp: undefined` to omit one.
+ * Signs a JWT. Claims default to {iat: now, exp: now + 1h}, plus `aud: SERVICE_AUDIENCE` for
+ * role `service` (a valid service token, as the bridge requires); pass `exp: undefined` /
+ * `aud: undefined` to omit one.
  * opts.alg: 'HS256' (default, key = opts.secret ?? SECRET), 'RS256'/'ES256' (opts.key: a private
- * KeyObject), or 'none' (no signature). opts.header merges into the JOSE header.
+ * KeyObject), or 'none' (no signature). opts.kid sets the JOSE `kid`; opts.header merges into
+ * the JOSE header.
  */
 export function token(claims = {}, opts = {}) {
-  const { alg = 'HS256', secret = SECRET, key, header = {} } = opts;
+  const { alg = 'HS256', secret = SECRET, key, kid, header = {} } = opts;
   const now = Math.floor(Date.now() / 1000);
-  const body = { iat: now, exp: now + 3600, ...claims };
+  const service = claims.role === 'service' ? { aud: SERVICE_AUDIENCE } : {};
+  const body = { iat: now, exp: now + 3600, ...service, ...claims };
   for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
-  const head = { alg, typ: 'JWT', ...header };
+  const head = { alg, typ: 'JWT', ...(kid === undefined ? {} : { kid }), ...header };
   const input = `${b64url(JSON.stringify(head))}.${b64url(JSON.stringify(body))}`;
   let sig;
   if (alg === 'HS256') sig = crypto.createHmac('sha256', secret).update(input).digest();

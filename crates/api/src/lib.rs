@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// How presence is announced in large rooms.
     pub presence: Presence,
+    /// Token lifecycle on live connections.
+    pub auth: Auth,
 }
 
 /// Per-user limits over a fixed one-minute window that starts with the user's first event, and
@@ -181,6 +183,30 @@ impl Default for Presence {
     }
 }
 
+/// Longest notice lead: an hour.
+pub const MAX_EXPIRING_NOTICE_SECONDS: u64 = 3600;
+
+/// Token lifecycle on live connections. A connection whose token's `exp` nears gets
+/// `auth:expiring`, and is disconnected at expiry unless the client sent `auth:refresh` with a
+/// fresh token for the same user (see the gateway's protocol documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Auth {
+    /// Seconds before a token's `exp` at which its connection gets `auth:expiring` (default 60;
+    /// 0 sends it at `exp`, within the 5 s leeway before the disconnect). Also how long a
+    /// connection whose key was retired has to refresh.
+    #[schemars(range(min = 0, max = 3600))]
+    pub expiring_notice_seconds: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            expiring_notice_seconds: 60,
+        }
+    }
+}
+
 /// Why a configuration was refused. The gateway keeps its last good config when it sees one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -309,6 +335,12 @@ impl GatewayConfig {
             100,
             60_000,
         )?;
+        range(
+            "auth.expiringNoticeSeconds",
+            self.auth.expiring_notice_seconds,
+            0,
+            MAX_EXPIRING_NOTICE_SECONDS,
+        )?;
         if let Some(role) = self
             .moderation
             .admin_roles
@@ -399,6 +431,7 @@ mod tests {
         assert_eq!(c.cors.allowed_origins, None);
         assert_eq!(c.presence.batch_threshold, 200);
         assert_eq!(c.presence.batch_interval_ms, 1000);
+        assert_eq!(c.auth.expiring_notice_seconds, 60);
     }
 
     #[test]
@@ -487,6 +520,8 @@ mod tests {
         assert!(GatewayConfig::from_yaml("limits: {maxTokenBytes: 100}").is_err());
         assert!(GatewayConfig::from_yaml("rateLimits: {eventBurst: 0}").is_err());
         assert!(GatewayConfig::from_yaml("moderation: {maxMutesPerChannel: 0}").is_err());
+        assert!(GatewayConfig::from_yaml("auth: {expiringNoticeSeconds: 3601}").is_err());
+        assert!(GatewayConfig::from_yaml("auth: {expiringNoticeSeconds: 0}").is_ok());
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::KeyMaterial;
+use crate::auth::jwks::UrlSettings;
+use crate::auth::keys::MIN_HS256_SECRET_BYTES;
+use crate::auth::{AuthSettings, KeyMaterial, TokenPolicy};
 use crate::error::{Error, Result};
 
 /// live-gateway: the Socket.IO gateway for live streaming.
@@ -51,9 +53,56 @@ pub struct Args {
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Required `aud` claim, when set.
+    /// Required `aud` claim of user tokens, when set.
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// A directory of verification keys, reloaded on change: each file whose name does not start
+    /// with '.' is one key and its name is the key's `kid`; a PEM public key (RSA: RS256, EC
+    /// P-256: ES256) or else an HS256 secret of at least 32 bytes.
+    #[arg(long, env = "JWT_KEYS_DIR")]
+    pub jwt_keys_dir: Option<PathBuf>,
+
+    /// A JWKS document file, reloaded on change.
+    #[arg(long, env = "JWT_JWKS_FILE", conflicts_with = "jwt_jwks_url")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// An HTTPS URL serving a JWKS document, cached per its Cache-Control.
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// PEM bundle of the CAs trusted for JWT_JWKS_URL instead of the system's.
+    #[arg(long, env = "JWT_JWKS_CA_FILE")]
+    pub jwt_jwks_ca_file: Option<PathBuf>,
+
+    /// Shortest time between two fetches of JWT_JWKS_URL, also the rate limit of fetches caused
+    /// by unknown `kid`s.
+    #[arg(long, env = "JWT_JWKS_MIN_REFRESH_SECONDS", default_value_t = 60)]
+    pub jwt_jwks_min_refresh_seconds: u64,
+
+    /// Longest time a fetched JWKS document is used without fetching it again.
+    #[arg(long, env = "JWT_JWKS_MAX_REFRESH_SECONDS", default_value_t = 3600)]
+    pub jwt_jwks_max_refresh_seconds: u64,
+
+    /// Whether user tokens must carry `exp` (service tokens always must).
+    #[arg(long, env = "JWT_REQUIRE_EXP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub jwt_require_exp: bool,
+
+    /// Largest `exp - now` of a user token, in seconds.
+    #[arg(long, env = "JWT_MAX_LIFETIME_SECONDS", default_value_t = crate::auth::policy::DEFAULT_MAX_LIFETIME_SECONDS)]
+    pub jwt_max_lifetime_seconds: u64,
+
+    /// The `aud` a service token (role `service`) must hold to call the bridge.
+    #[arg(long, env = "JWT_SERVICE_AUDIENCE", default_value = crate::auth::policy::DEFAULT_SERVICE_AUDIENCE)]
+    pub jwt_service_audience: String,
+
+    /// Largest `exp - now` of a service token, in seconds.
+    #[arg(long, env = "JWT_SERVICE_MAX_LIFETIME_SECONDS", default_value_t = crate::auth::policy::DEFAULT_SERVICE_MAX_LIFETIME_SECONDS)]
+    pub jwt_service_max_lifetime_seconds: u64,
+
+    /// Let `admin`-role user tokens call the bridge too (by default only service tokens may).
+    #[arg(long, env = "LIVE_BRIDGE_ALLOW_ADMIN")]
+    pub bridge_allow_admin: bool,
 
     /// Allowed browser origins, comma-separated. The config file's cors.allowedOrigins wins.
     #[arg(long, env = "CORS_ALLOW")]
@@ -154,9 +203,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub config: Option<PathBuf>,
-    pub key: KeyMaterial,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
+    pub auth: AuthSettings,
     pub cors_env: Option<Vec<String>>,
     pub drain: Duration,
     pub shutdown_timeout: Duration,
@@ -216,6 +263,17 @@ impl Args {
             jwt_algorithm,
             jwt_issuer,
             jwt_audience,
+            jwt_keys_dir,
+            jwt_jwks_file,
+            jwt_jwks_url,
+            jwt_jwks_ca_file,
+            jwt_jwks_min_refresh_seconds,
+            jwt_jwks_max_refresh_seconds,
+            jwt_require_exp,
+            jwt_max_lifetime_seconds,
+            jwt_service_audience,
+            jwt_service_max_lifetime_seconds,
+            bridge_allow_admin,
             cors_allow,
             drain_seconds,
             shutdown_timeout_seconds,
@@ -253,12 +311,14 @@ impl Args {
         };
         let secret = jwt_secret.clone().filter(|s| !s.is_empty());
         let alg = jwt_algorithm.as_deref().map(str::to_ascii_uppercase);
+        let other_sources =
+            jwt_keys_dir.is_some() || jwt_jwks_file.is_some() || jwt_jwks_url.is_some();
         let key = match (alg.as_deref(), secret, pem) {
-            (Some("HS256") | None, Some(s), _) => KeyMaterial::Hs256Secret(s),
+            (Some("HS256") | None, Some(s), _) => Some(KeyMaterial::Hs256Secret(s)),
             (Some("RS256") | None, None, Some(p)) | (Some("RS256"), _, Some(p)) => {
-                KeyMaterial::Rs256Pem(p)
+                Some(KeyMaterial::Rs256Pem(p))
             }
-            (Some("ES256"), _, Some(p)) => KeyMaterial::Es256Pem(p),
+            (Some("ES256"), _, Some(p)) => Some(KeyMaterial::Es256Pem(p)),
             (Some(a @ ("HS256" | "RS256" | "ES256")), _, _) => {
                 return Err(Error::Startup(format!(
                     "JWT_ALGORITHM={a} needs {}",
@@ -274,12 +334,82 @@ impl Args {
                     "JWT_ALGORITHM={a} is not supported; use HS256, RS256 or ES256"
                 )));
             }
-            (None, None, None) if *dev => KeyMaterial::Hs256Secret(dev_secret()),
+            (None, None, None) if other_sources => None,
+            (None, None, None) if *dev => Some(KeyMaterial::Hs256Secret(dev_secret())),
             (None, None, None) => {
                 return Err(Error::Startup(
-                    "no JWT key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY / JWT_PUBLIC_KEY_FILE (RS256/ES256), or run with --dev".into(),
+                    "no JWT key: set JWT_SECRET (HS256), JWT_PUBLIC_KEY / JWT_PUBLIC_KEY_FILE (RS256/ES256), JWT_KEYS_DIR or a JWKS (JWT_JWKS_FILE / JWT_JWKS_URL), or run with --dev".into(),
                 ));
             }
+        };
+        if let Some(KeyMaterial::Hs256Secret(s)) = &key
+            && s.len() < MIN_HS256_SECRET_BYTES
+        {
+            if *dev {
+                tracing::warn!(
+                    "JWT_SECRET is {} bytes; accepted in --dev only (at least {MIN_HS256_SECRET_BYTES} are required otherwise)",
+                    s.len()
+                );
+            } else {
+                return Err(Error::Startup(format!(
+                    "JWT_SECRET is {} bytes; HS256 secrets need at least {MIN_HS256_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                    s.len()
+                )));
+            }
+        }
+        if *jwt_max_lifetime_seconds < 60 || *jwt_service_max_lifetime_seconds < 60 {
+            return Err(Error::Startup(
+                "JWT_MAX_LIFETIME_SECONDS and JWT_SERVICE_MAX_LIFETIME_SECONDS must be at least 60"
+                    .into(),
+            ));
+        }
+        let service_audience = jwt_service_audience.trim();
+        if service_audience.is_empty() {
+            return Err(Error::Startup(
+                "JWT_SERVICE_AUDIENCE must not be empty".into(),
+            ));
+        }
+        if jwt_audience.as_deref() == Some(service_audience) {
+            return Err(Error::Startup(
+                "JWT_AUDIENCE and JWT_SERVICE_AUDIENCE must differ: a user token must not pass for a service token".into(),
+            ));
+        }
+        let min_refresh = Duration::from_secs((*jwt_jwks_min_refresh_seconds).max(1));
+        let max_refresh = Duration::from_secs(*jwt_jwks_max_refresh_seconds);
+        if max_refresh < min_refresh {
+            return Err(Error::Startup(
+                "JWT_JWKS_MAX_REFRESH_SECONDS must be at least JWT_JWKS_MIN_REFRESH_SECONDS".into(),
+            ));
+        }
+        let jwks_url = jwt_jwks_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|url| UrlSettings {
+                url: url.to_owned(),
+                ca_file: jwt_jwks_ca_file.clone(),
+                min_refresh,
+                max_refresh,
+                allow_http: *dev,
+            });
+        if let Some(u) = &jwks_url {
+            crate::auth::jwks::check_url(u).map_err(Error::Startup)?;
+        }
+        let auth = AuthSettings {
+            key,
+            keys_dir: jwt_keys_dir.clone(),
+            jwks_file: jwt_jwks_file.clone(),
+            jwks_url,
+            policy: TokenPolicy {
+                issuer: jwt_issuer.clone().filter(|s| !s.is_empty()),
+                audience: jwt_audience.clone().filter(|s| !s.is_empty()),
+                require_exp: *jwt_require_exp,
+                max_lifetime: *jwt_max_lifetime_seconds,
+                service_audience: service_audience.to_owned(),
+                service_max_lifetime: *jwt_service_max_lifetime_seconds,
+                bridge_allows_admin: *bridge_allow_admin,
+            },
+            allow_weak_secrets: *dev,
         };
         let cors_env = match cors_allow.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -355,9 +485,7 @@ impl Args {
             listen: *listen,
             admin_listen: *admin_listen,
             config: config.clone(),
-            key,
-            issuer: jwt_issuer.clone().filter(|s| !s.is_empty()),
-            audience: jwt_audience.clone().filter(|s| !s.is_empty()),
+            auth,
             cors_env,
             drain,
             shutdown_timeout,
@@ -382,6 +510,9 @@ mod tests {
         Args::try_parse_from(v).unwrap()
     }
 
+    /// A 32-byte HS256 secret, the shortest accepted outside --dev.
+    const S: &str = "0123456789abcdef0123456789abcdef";
+
     fn no_dev() -> String {
         panic!("dev secret must not be requested")
     }
@@ -405,21 +536,21 @@ mod tests {
             ..args(&["--dev"])
         };
         let s = a.settings(|| "generated".into()).unwrap();
-        assert!(matches!(s.key, KeyMaterial::Hs256Secret(k) if k == "generated"));
+        assert!(matches!(s.auth.key, Some(KeyMaterial::Hs256Secret(k)) if k == "generated"));
         let a = args(&["--dev", "--jwt-secret", "mine"]);
         let s = a.settings(no_dev).unwrap();
-        assert!(matches!(s.key, KeyMaterial::Hs256Secret(k) if k == "mine"));
+        assert!(matches!(s.auth.key, Some(KeyMaterial::Hs256Secret(k)) if k == "mine"));
     }
 
     #[test]
     fn write_coalescing_defaults_to_20_ms_and_is_capped_at_a_second() {
-        let s = args(&["--jwt-secret", "s"]).settings(no_dev).unwrap();
+        let s = args(&["--jwt-secret", S]).settings(no_dev).unwrap();
         assert_eq!(s.ws_write_coalesce, Duration::from_millis(20));
-        let s = args(&["--jwt-secret", "s", "--ws-write-coalesce-ms", "0"])
+        let s = args(&["--jwt-secret", S, "--ws-write-coalesce-ms", "0"])
             .settings(no_dev)
             .unwrap();
         assert_eq!(s.ws_write_coalesce, Duration::ZERO);
-        let s = args(&["--jwt-secret", "s", "--ws-write-coalesce-ms", "60000"])
+        let s = args(&["--jwt-secret", S, "--ws-write-coalesce-ms", "60000"])
             .settings(no_dev)
             .unwrap();
         assert_eq!(s.ws_write_coalesce, Duration::from_secs(1));
@@ -429,17 +560,17 @@ mod tests {
     fn the_algorithm_is_pinned_by_configuration() {
         let a = args(&["--jwt-public-key", "PEM", "--jwt-algorithm", "es256"]);
         assert!(matches!(
-            a.settings(no_dev).unwrap().key,
-            KeyMaterial::Es256Pem(_)
+            a.settings(no_dev).unwrap().auth.key,
+            Some(KeyMaterial::Es256Pem(_))
         ));
         let a = args(&["--jwt-public-key", "PEM"]);
         assert!(matches!(
-            a.settings(no_dev).unwrap().key,
-            KeyMaterial::Rs256Pem(_)
+            a.settings(no_dev).unwrap().auth.key,
+            Some(KeyMaterial::Rs256Pem(_))
         ));
-        let a = args(&["--jwt-secret", "s", "--jwt-algorithm", "RS256"]);
+        let a = args(&["--jwt-secret", S, "--jwt-algorithm", "RS256"]);
         assert!(a.settings(no_dev).is_err());
-        let a = args(&["--jwt-secret", "s", "--jwt-algorithm", "none"]);
+        let a = args(&["--jwt-secret", S, "--jwt-algorithm", "none"]);
         assert!(
             a.settings(no_dev)
                 .unwrap_err()
@@ -494,7 +625,7 @@ mod tests {
     fn the_public_and_admin_listeners_must_differ() {
         let a = args(&[
             "--jwt-secret",
-            "s",
+            S,
             "--listen",
             "127.0.0.1:1",
             "--admin-listen",
@@ -507,7 +638,7 @@ mod tests {
     fn cors_allow_is_validated_and_the_deadline_follows_the_drain_window() {
         let a = args(&[
             "--jwt-secret",
-            "s",
+            S,
             "--cors-allow",
             "https://a.example, http://b:1",
         ]);
@@ -520,16 +651,100 @@ mod tests {
             ])
         );
         assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
-        let a = args(&["--jwt-secret", "s", "--cors-allow", "a.example"]);
+        let a = args(&["--jwt-secret", S, "--cors-allow", "a.example"]);
         assert!(a.settings(no_dev).is_err());
         let a = args(&[
             "--jwt-secret",
-            "s",
+            S,
             "--drain-seconds",
             "5",
             "--shutdown-timeout-seconds",
             "5",
         ]);
         assert!(a.settings(no_dev).is_err());
+    }
+
+    #[test]
+    fn an_hs256_secret_shorter_than_32_bytes_is_refused_outside_dev() {
+        let err = args(&["--jwt-secret", &S[..31]])
+            .settings(no_dev)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("31 bytes") && err.contains("32"), "{err}");
+        assert!(args(&["--jwt-secret", S]).settings(no_dev).is_ok());
+        assert!(
+            args(&["--dev", "--jwt-secret", "short"])
+                .settings(no_dev)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn token_rules_default_to_required_exp_a_day_for_users_and_an_hour_for_services() {
+        let p = args(&["--jwt-secret", S])
+            .settings(no_dev)
+            .unwrap()
+            .auth
+            .policy;
+        assert_eq!(p, TokenPolicy::default());
+        assert!(p.require_exp && !p.bridge_allows_admin);
+        assert_eq!((p.max_lifetime, p.service_max_lifetime), (86_400, 3_600));
+        assert_eq!(p.service_audience, "live-bridge");
+        let p = args(&[
+            "--jwt-secret",
+            S,
+            "--jwt-require-exp",
+            "false",
+            "--bridge-allow-admin",
+            "--jwt-service-audience",
+            "backend",
+        ])
+        .settings(no_dev)
+        .unwrap()
+        .auth
+        .policy;
+        assert!(!p.require_exp && p.bridge_allows_admin);
+        assert_eq!(p.service_audience, "backend");
+        let same = args(&["--jwt-secret", S, "--jwt-audience", "live-bridge"]);
+        assert!(
+            same.settings(no_dev).is_err(),
+            "user and service audiences must differ"
+        );
+    }
+
+    #[test]
+    fn a_keys_dir_or_a_jwks_is_a_key_source_of_its_own() {
+        let a = Args {
+            jwt_secret: None,
+            jwt_public_key: None,
+            ..args(&["--jwt-keys-dir", "/keys"])
+        };
+        let s = a.settings(no_dev).unwrap();
+        assert!(s.auth.key.is_none());
+        assert_eq!(
+            s.auth.keys_dir.as_deref(),
+            Some(std::path::Path::new("/keys"))
+        );
+        let a = Args {
+            jwt_secret: None,
+            jwt_public_key: None,
+            ..args(&["--jwt-jwks-url", "https://idp.example/jwks.json"])
+        };
+        let u = a.settings(no_dev).unwrap().auth.jwks_url.unwrap();
+        assert_eq!(u.min_refresh, Duration::from_secs(60));
+        assert_eq!(u.max_refresh, Duration::from_secs(3600));
+        let plain = args(&["--jwt-jwks-url", "http://idp.example/jwks.json"]);
+        assert!(plain.settings(no_dev).is_err(), "https only outside --dev");
+        assert!(
+            Args::try_parse_from([
+                "live-gateway",
+                "--jwt-jwks-url",
+                "https://a/",
+                "--jwt-jwks-file",
+                "/f"
+            ])
+            .is_err(),
+            "one JWKS source at a time"
+        );
     }
 }

@@ -16,7 +16,7 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::operators::BroadcastOperators;
 
-use crate::auth::{AuthError, Claims, bearer};
+use crate::auth::{AuthError, Claims, Purpose, bearer};
 use crate::error::{Error, Result};
 use crate::protocol::{self, outbound};
 use crate::realtime::{self, NAMESPACE};
@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/channels/{channel}/hosts/{userId}",
         "host_delete",
     ),
+    ("post", "/v1/users/{userId}/disconnect", "user_disconnect"),
 ];
 
 /// What the admin router's handlers share.
@@ -118,6 +119,7 @@ pub fn router<A: Adapter>(state: AdminState<A>) -> Router {
             "/v1/channels/{channel}/hosts/{userId}",
             axum::routing::put(crate::trust::put_host::<A>).delete(crate::trust::delete_host::<A>),
         )
+        .route("/v1/users/{userId}/disconnect", post(disconnect_user::<A>))
         .with_state(state)
 }
 
@@ -140,18 +142,16 @@ async fn metrics<A: Adapter>(State(s): State<AdminState<A>>) -> Response {
         .into_response()
 }
 
-/// Authenticates a bridge caller: a valid token whose role is `service` or `admin`.
-pub(crate) fn caller(st: &AppState, headers: &HeaderMap) -> Result<Claims> {
+/// Authenticates a bridge caller: a service token (role `service`, the service audience, a
+/// short `exp`), or an `admin` user token when `LIVE_BRIDGE_ALLOW_ADMIN` is set
+/// ([`crate::auth::policy`]).
+pub(crate) async fn caller(st: &AppState, headers: &HeaderMap) -> Result<Claims> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
         .ok_or(AuthError::MissingToken)?;
-    let claims = st.verify(token)?;
-    if !claims.can_use_bridge() {
-        return Err(AuthError::RoleNotAllowed.into());
-    }
-    Ok(claims)
+    Ok(st.verify(token, Purpose::Bridge).await?)
 }
 
 /// The request body as a JSON object.
@@ -216,7 +216,7 @@ async fn publish<A: Adapter>(
     route: &'static str,
 ) -> Response {
     let result = async {
-        caller(&s.app, &headers)?;
+        caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
         let o = body_object(&body)?;
         let ops = room_ops(&s.io, channel)?;
@@ -341,7 +341,7 @@ async fn viewers<A: Adapter>(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        caller(&s.app, &headers)?;
+        caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
         let local = || room_ops(&s.io, channel).map(|ops| ops.sockets().len() as u64);
         let count = match &s.app.shared {
@@ -364,7 +364,7 @@ async fn user<A: Adapter>(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        caller(&s.app, &headers)?;
+        caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
         let local = || {
             room_ops(&s.io, channel).map(|ops| {
@@ -386,6 +386,27 @@ async fn user<A: Adapter>(
     }
     .await;
     respond(&s.app, "user", StatusCode::OK, result)
+}
+
+/// Disconnects every socket of a user on every replica; each first gets `auth:revoked`.
+async fn disconnect_user<A: Adapter>(
+    State(s): State<AdminState<A>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        caller(&s.app, &headers).await?;
+        if user_id.is_empty() || user_id.len() > protocol::MAX_USER_ID_LEN {
+            return Err(Error::InvalidField {
+                field: "userId",
+                reason: "must be a non-empty string of at most 128 bytes".into(),
+            });
+        }
+        crate::lifecycle::disconnect_user(&s.io, &s.app, &user_id).await?;
+        Ok(json!({ "ok": true }))
+    }
+    .await;
+    respond(&s.app, "user_disconnect", StatusCode::ACCEPTED, result)
 }
 
 /// The one conversion from a bridge outcome to an HTTP response, and its metric.
@@ -413,7 +434,7 @@ pub(crate) fn respond(
                     (StatusCode::UNAUTHORIZED, e.code(), e.client_message())
                 }
                 Error::InvalidJson(_) => (StatusCode::BAD_REQUEST, e.code(), e.client_message()),
-                Error::Config(_) | Error::Startup(_) | Error::Io(_) => {
+                Error::Config(_) | Error::Startup(_) | Error::Keys(_) | Error::Io(_) => {
                     tracing::error!(route, error = %e, "bridge call failed");
                     (
                         StatusCode::INTERNAL_SERVER_ERROR,

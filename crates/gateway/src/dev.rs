@@ -7,9 +7,12 @@ use jsonwebtoken::{EncodingKey, Header, encode};
 use rand::RngCore;
 use serde_json::json;
 
+use crate::auth::TokenPolicy;
 use crate::state::unix_seconds;
 
-/// Tokens last a day: long enough for a dev session, short enough not to be worth stealing.
+/// User tokens last a day (or the configured maximum lifetime, if shorter): long enough for a
+/// dev session, short enough not to be worth stealing. The bridge token lasts as long as service
+/// tokens may (an hour by default).
 const DEV_TOKEN_SECONDS: u64 = 24 * 3600;
 
 /// A fresh random HS256 secret (256 bits, hex).
@@ -19,17 +22,26 @@ pub fn generate_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Signed dev tokens: (name, token).
-pub fn tokens(secret: &str) -> Vec<(&'static str, String)> {
-    let exp = unix_seconds() + DEV_TOKEN_SECONDS;
+/// Signed dev tokens that pass `policy`: (name, token).
+pub fn tokens(secret: &str, policy: &TokenPolicy) -> Vec<(&'static str, String)> {
+    let now = unix_seconds();
+    let exp = now + DEV_TOKEN_SECONDS.min(policy.max_lifetime);
+    let service_exp = now + policy.service_max_lifetime;
+    // The user audience, when one is required; the service audience for the bridge token.
+    let aud = policy.audience.as_deref();
+    let iss = policy.issuer.as_deref();
     let key = EncodingKey::from_secret(secret.as_bytes());
     [
-        ("viewer", json!({"userId": "viewer-1", "username": "Viewer One", "role": "viewer", "exp": exp})),
-        ("admin", json!({"userId": "admin-1", "username": "Admin", "role": "admin", "ogLevel": 5, "exp": exp})),
-        ("bridge", json!({"userId": "backend", "username": "Backend", "role": "service", "exp": exp})),
+        ("viewer", json!({"userId": "viewer-1", "username": "Viewer One", "role": "viewer", "exp": exp, "iat": now, "aud": aud, "iss": iss})),
+        ("admin", json!({"userId": "admin-1", "username": "Admin", "role": "admin", "ogLevel": 5, "exp": exp, "iat": now, "aud": aud, "iss": iss})),
+        ("bridge", json!({"userId": "backend", "username": "Backend", "role": "service", "exp": service_exp, "iat": now, "aud": policy.service_audience, "iss": iss})),
     ]
     .into_iter()
-    .filter_map(|(name, claims)| {
+    .filter_map(|(name, mut claims)| {
+        // Absent rather than null: a null `aud` or `iss` is not a missing one to every verifier.
+        if let Some(o) = claims.as_object_mut() {
+            o.retain(|_, v| !v.is_null());
+        }
         encode(&Header::default(), &claims, &key)
             .ok()
             .map(|t| (name, t))
@@ -90,19 +102,28 @@ Metrics: curl http://{a}/metrics
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{KeyMaterial, Verifier};
+    use crate::auth::{KeyMaterial, Purpose, Verifier};
 
     #[test]
     fn dev_tokens_verify_with_their_secret_and_carry_the_right_roles() {
         let secret = generate_secret();
         assert_eq!(secret.len(), 64);
         let v = Verifier::new(&KeyMaterial::Hs256Secret(secret.clone()), None, None).unwrap();
-        let toks = tokens(&secret);
+        let toks = tokens(&secret, v.policy());
         let roles: Vec<_> = toks
             .iter()
-            .map(|(_, t)| v.verify(t, unix_seconds()).unwrap().role.unwrap())
+            .map(|(_, t)| {
+                v.verify(t, Purpose::Socket, unix_seconds())
+                    .unwrap()
+                    .role
+                    .unwrap()
+            })
             .collect();
         assert_eq!(roles, ["viewer", "admin", "service"]);
+        // The bridge token is a service token; the admin one may not drive the bridge.
+        let now = unix_seconds();
+        assert!(v.verify(&toks[2].1, Purpose::Bridge, now).is_ok());
+        assert!(v.verify(&toks[1].1, Purpose::Bridge, now).is_err());
         let b = banner(
             Some(&secret),
             &toks,
@@ -111,5 +132,25 @@ mod tests {
         );
         assert!(b.contains("http://127.0.0.1:3000/live"));
         assert!(b.contains(&toks[2].1));
+    }
+
+    #[test]
+    fn dev_tokens_follow_a_required_audience_and_issuer() {
+        let secret = generate_secret();
+        let v = Verifier::new(
+            &KeyMaterial::Hs256Secret(secret.clone()),
+            Some("https://issuer.dev"),
+            Some("live"),
+        )
+        .unwrap();
+        let now = unix_seconds();
+        for (name, t) in tokens(&secret, v.policy()) {
+            let purpose = if name == "bridge" {
+                Purpose::Bridge
+            } else {
+                Purpose::Socket
+            };
+            assert!(v.verify(&t, purpose, now).is_ok(), "{name}");
+        }
     }
 }

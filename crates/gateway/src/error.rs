@@ -48,6 +48,8 @@ pub enum Error {
     ModerationRateLimited,
     #[error("authentication failed: {0}")]
     Unauthorized(#[from] AuthError),
+    #[error("auth:refresh with a token for another user")]
+    UserMismatch,
     #[error("request body is not a JSON object: {0}")]
     InvalidJson(String),
     #[error("field `{field}` is invalid: {reason}")]
@@ -56,6 +58,8 @@ pub enum Error {
     Config(#[from] live_api::ConfigError),
     #[error("startup: {0}")]
     Startup(String),
+    #[error("verification keys: {0}")]
+    Keys(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -84,10 +88,12 @@ impl Error {
             Self::HostNotAllowed => "host_not_allowed",
             Self::InvalidReason => "invalid_reason",
             Self::Unauthorized(_) => "unauthorized",
+            Self::UserMismatch => "user_mismatch",
             Self::InvalidJson(_) => "invalid_json",
             Self::InvalidField { .. } => "invalid_field",
             Self::Config(_) => "config",
             Self::Startup(_) => "startup",
+            Self::Keys(_) => "keys",
             Self::Io(_) => "io",
         }
     }
@@ -116,9 +122,12 @@ impl Error {
             Self::InvalidReason => "Invalid moderation reason".into(),
             Self::ModerationRateLimited => "Rate limit exceeded for moderation".into(),
             Self::Unauthorized(_) => "unauthorized".into(),
+            Self::UserMismatch => "The new token is for another user".into(),
             Self::InvalidJson(m) => format!("Invalid JSON body: {m}"),
             Self::InvalidField { field, reason } => format!("Invalid field `{field}`: {reason}"),
-            Self::Config(_) | Self::Startup(_) | Self::Io(_) => "Internal error".into(),
+            Self::Config(_) | Self::Startup(_) | Self::Keys(_) | Self::Io(_) => {
+                "Internal error".into()
+            }
         }
     }
 

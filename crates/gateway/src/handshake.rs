@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::auth::{AuthError, Claims, token_from};
+use crate::auth::{AuthError, Claims, Purpose, token_from};
 use crate::state::AppState;
 
 /// Why a handshake was refused; the client only ever learns `unauthorized`.
@@ -31,7 +31,7 @@ impl Refusal {
 
 /// Finds the token (`auth.token`, else `Authorization: Bearer`), checks its size, then verifies
 /// it.
-pub fn verify(
+pub async fn verify(
     state: &AppState,
     auth: Option<&Value>,
     authorization: Option<&str>,
@@ -41,7 +41,10 @@ pub fn verify(
     if token.len() > max_token_bytes as usize {
         return Err(Refusal::TokenTooLarge);
     }
-    state.verify(token).map_err(Refusal::Auth)
+    state
+        .verify(token, Purpose::Socket)
+        .await
+        .map_err(Refusal::Auth)
 }
 
 /// Counts a refusal and logs it, sampled.

@@ -6,11 +6,13 @@
 //! [`listener`] (connection caps and timeouts) until its shutdown future resolves, then drains
 //! ([`drain`]). The protocol lives in [`protocol`] (pure parsing and payload shapes) and
 //! [`realtime`] (the Socket.IO handlers), with [`handshake`] checks and a per-socket
-//! [`session`]. Decisions are pure and take time as an argument: [`auth`] (JWT), [`ratelimit`],
-//! [`budget`] (events per connection), [`moderation`] (mutes), [`trust`] (host and moderator
-//! rights), [`sanitize`], [`presence`] (coalescing for large rooms), [`churn`] (join/leave
-//! damping), [`client_ip`] (sources behind proxies), [`logsample`]. [`cluster`] runs many
-//! replicas as one. Shared state is [`state::AppState`]; configuration and its hot reload are in
+//! [`session`]. Decisions are pure and take time as an argument: [`auth`] (JWT keys, rotation
+//! and token rules), [`lifecycle`] (token expiry, refresh and key retirement on live
+//! connections), [`ratelimit`], [`budget`] (events per connection), [`moderation`] (mutes),
+//! [`trust`] (host and moderator rights), [`sanitize`], [`presence`] (coalescing for large
+//! rooms), [`churn`] (join/leave damping), [`client_ip`] (sources behind proxies),
+//! [`logsample`]. [`cluster`] runs many replicas as one. Shared state is [`state::AppState`];
+//! configuration and its hot reload are in
 //! [`config`]; every metric is defined in [`metrics`]; every error in [`error`].
 
 pub mod args;
@@ -27,6 +29,7 @@ pub mod error;
 pub mod handshake;
 pub mod listener;
 pub mod logsample;
+pub mod lifecycle;
 pub mod metrics;
 pub mod moderation;
 pub mod presence;

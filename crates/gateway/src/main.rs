@@ -20,8 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let public = TcpListener::bind(settings.listen).await?;
     let admin = TcpListener::bind(settings.admin_listen).await?;
     if args.dev {
-        if let KeyMaterial::Hs256Secret(secret) = &settings.key {
-            let tokens = dev::tokens(secret);
+        if let Some(KeyMaterial::Hs256Secret(secret)) = &settings.auth.key {
+            let tokens = dev::tokens(secret, &settings.auth.policy);
             print!(
                 "{}",
                 dev::banner(
@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
                 )
             );
         } else {
-            tracing::warn!("--dev with a public key: no tokens can be printed");
+            tracing::warn!("--dev without JWT_SECRET's HS256 key: no tokens can be printed");
         }
     }
     server::run(settings, public, admin, shutdown_signal()).await?;

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     pub log_lines_suppressed: IntCounterVec,
     pub mutes_evicted: IntCounter,
+    pub jwt_keys: IntGaugeVec,
+    pub jwt_key_reloads: IntCounterVec,
+    pub token_events: IntCounterVec,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -178,6 +181,30 @@ impl Metrics {
             &["event"],
         )
         .expect("static metric definition");
+        let jwt_keys = IntGaugeVec::new(
+            Opts::new(
+                "live_jwt_keys",
+                "Verification keys in force, by source (env, dir, jwks)",
+            ),
+            &["source"],
+        )
+        .expect("static metric definition");
+        let jwt_key_reloads = IntCounterVec::new(
+            Opts::new(
+                "live_jwt_key_reloads_total",
+                "Key source reloads (dir, jwks_file, jwks_url), by result (success, failure)",
+            ),
+            &["source", "result"],
+        )
+        .expect("static metric definition");
+        let token_events = IntCounterVec::new(
+            Opts::new(
+                "live_token_events_total",
+                "Token lifecycle on live connections: expiring notices, expiries, key retirements, refreshes",
+            ),
+            &["event"],
+        )
+        .expect("static metric definition");
         let mutes_evicted = IntCounter::new(
             "live_mutes_evicted_total",
             "Mutes evicted because their channel held moderation.maxMutesPerChannel",
@@ -214,6 +241,9 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(log_lines_suppressed.clone()),
             Box::new(mutes_evicted.clone()),
+            Box::new(jwt_keys.clone()),
+            Box::new(jwt_key_reloads.clone()),
+            Box::new(token_events.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -244,6 +274,9 @@ impl Metrics {
             open_connections,
             log_lines_suppressed,
             mutes_evicted,
+            jwt_keys,
+            jwt_key_reloads,
+            token_events,
         }
     }
 
@@ -297,6 +330,18 @@ impl Metrics {
     /// Counts a failed Redis call by operation (a fixed set of names).
     pub fn redis_error(&self, op: &'static str) {
         self.redis_errors.with_label_values(&[op]).inc();
+    }
+
+    /// Counts a key source reload: `source` and `result` are from fixed sets.
+    pub fn key_reload(&self, source: &'static str, result: &'static str) {
+        self.jwt_key_reloads
+            .with_label_values(&[source, result])
+            .inc();
+    }
+
+    /// Counts a token lifecycle event (a fixed set of names).
+    pub fn token_event(&self, event: &'static str) {
+        self.token_events.with_label_values(&[event]).inc();
     }
 
     /// Counts a refusal or error by its stable code.

@@ -61,15 +61,17 @@ pub async fn authenticate<A: Adapter>(
         auth.as_ref().ok(),
         header,
         config.gateway.limits.max_token_bytes,
-    );
+    )
+    .await;
     match outcome {
         Ok(claims) => {
+            crate::lifecycle::on_authenticated(&s, &state, &claims);
             let session = Session::new(
                 claims,
                 Instant::now(),
                 config.gateway.rate_limits.event_burst,
             );
-            s.extensions.insert(Arc::clone(&session.claims));
+            s.extensions.insert(session.claims());
             s.extensions.insert(Arc::new(session));
             state
                 .metrics
@@ -159,9 +161,10 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
             let label = if c.was_over_budget() {
                 "event_budget"
             } else {
-                disconnect_label(reason)
+                crate::lifecycle::end_reason(&s).unwrap_or_else(|| disconnect_label(reason))
             };
             st.metrics.disconnects.with_label_values(&[label]).inc();
+            crate::lifecycle::on_disconnect(s.id, &st, &c.claims());
             // Rooms are still readable here; socketioxide removes them after this handler.
             for room in s.rooms() {
                 if let Some(channel) = protocol::channel_of(&room) {
@@ -240,7 +243,7 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
             return Ok(());
         }
     }
-    if j.role == Role::Host && !trust::may_host(&st.hosts, &c.claims, j.channel).await {
+    if j.role == Role::Host && !trust::may_host(&st.hosts, &c.claims(), j.channel).await {
         return Err(Error::HostNotAllowed);
     }
     let max = st.config().gateway.limits.max_channels_per_socket;
@@ -381,7 +384,7 @@ async fn chat<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
     let config = st.config();
     let raw = protocol::chat_message(v, config.gateway.limits.max_message_length)?;
     let limit = config.gateway.rate_limits.messages_per_minute;
-    st.check_send(Kind::Messages, channel, &c.claims.user_id, limit)
+    st.check_send(Kind::Messages, channel, &c.claims().user_id, limit)
         .await?;
     let message = st.sanitizer.clean(raw);
     if message.is_empty() {
@@ -409,7 +412,7 @@ async fn gift<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
     let config = st.config();
     let g = protocol::parse_gift(v, config.gateway.limits.max_gift_qty)?;
     let limit = config.gateway.rate_limits.gifts_per_minute;
-    st.check_send(Kind::Gifts, channel, &c.claims.user_id, limit)
+    st.check_send(Kind::Gifts, channel, &c.claims().user_id, limit)
         .await?;
     let out = protocol::GiftNew {
         from: &c.user_id_out,
@@ -438,7 +441,7 @@ async fn moderate<A: Adapter>(
     let channel = protocol::channel(v)?;
     let config = st.config();
     let moderation = &config.gateway.moderation;
-    match trust::moderation_right(&c.claims, moderation) {
+    match trust::moderation_right(&c.claims(), moderation) {
         None => return Err(Error::Forbidden),
         Some(ModerationRight::OgLevel) if !session::is_member(s, c, channel) => {
             return Err(Error::NotMember);
@@ -447,15 +450,15 @@ async fn moderate<A: Adapter>(
     }
     let m = protocol::parse_moderation(v, config.gateway.limits.max_reason_length)?;
     let limit = config.gateway.rate_limits.moderation_per_minute;
-    st.check_send(Kind::Moderation, channel, &c.claims.user_id, limit)
+    st.check_send(Kind::Moderation, channel, &c.claims().user_id, limit)
         .await?;
     apply_moderation(
         s.within(protocol::room(channel)),
         st,
         channel,
         &m,
-        &c.claims.user_id,
-        c.claims.username.as_deref(),
+        &c.claims().user_id,
+        c.claims().username.as_deref(),
         moderation.mute_seconds,
     )
     .await;

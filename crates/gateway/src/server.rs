@@ -24,7 +24,6 @@ use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::args::{ConnectionLimits, Settings};
-use crate::auth::Verifier;
 use crate::bridge::{self, AdminState};
 use crate::client_ip::{PerSource, SourceKey, client_ip};
 use crate::cluster::{self, ResilientDriver, SharedStore};
@@ -86,14 +85,15 @@ pub async fn run(
         Origins::Only(_) => {}
     }
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
-    let verifier = Verifier::new(
-        &settings.key,
-        settings.issuer.as_deref(),
-        settings.audience.as_deref(),
-    )
-    .map_err(Error::Startup)?;
-    let state = AppState::new(config_rx, verifier, metrics.clone());
     let background = CancellationToken::new();
+    let verifier = match crate::auth::start(&settings.auth, &metrics, &background).await {
+        Ok(v) => v,
+        Err(e) => {
+            background.cancel();
+            return Err(e);
+        }
+    };
+    let state = AppState::new(config_rx, verifier, metrics.clone());
     config::spawn_reloader(source, config_tx, metrics, background.clone())?;
     spawn_sweeper(state.clone(), background.clone());
 
@@ -406,6 +406,7 @@ async fn serve<A: Adapter>(
         );
     }
     spawn_presence_flusher(io.clone(), state.clone(), background.clone());
+    crate::lifecycle::spawn(io.clone(), state.clone(), background.clone());
     let admin_app = bridge::router(AdminState {
         app: state.clone(),
         io,

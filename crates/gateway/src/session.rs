@@ -33,7 +33,8 @@ pub const RECHECK: Duration = Duration::from_secs(1);
 /// One socket's gateway state.
 #[derive(Debug)]
 pub struct Session {
-    pub claims: Arc<Claims>,
+    /// Replaced when the client refreshes its token (`lifecycle`); the user stays the same.
+    claims: std::sync::RwLock<Arc<Claims>>,
     /// `userId` as it goes out in events: escaped for HTML text and attributes.
     pub user_id_out: Box<str>,
     /// `username` as it goes out in events, escaped likewise.
@@ -68,6 +69,16 @@ pub enum Membership {
 pub struct TooManyChannels;
 
 impl Session {
+    /// The claims in force: those of the connect token, or of the last accepted refresh.
+    pub fn claims(&self) -> Arc<Claims> {
+        Arc::clone(&self.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Puts a refreshed token's claims in force (same user, checked by the caller).
+    pub fn set_claims(&self, claims: Arc<Claims>) {
+        *self.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner) = claims;
+    }
+
     pub fn new(claims: Claims, now: Instant, burst: u32) -> Self {
         let user_id_out = sanitize::escape(&claims.user_id).into();
         let username_out = claims
@@ -75,7 +86,7 @@ impl Session {
             .as_deref()
             .map(|u| sanitize::escape(u).into());
         Self {
-            claims: Arc::new(claims),
+            claims: std::sync::RwLock::new(Arc::new(claims)),
             user_id_out,
             username_out,
             channels: Mutex::new(Channels {
@@ -251,6 +262,6 @@ mod tests {
             s.username_out.as_deref(),
             Some("&lt;b&gt;Ann&lt;/b&gt; &amp; &#39;Bo&#39;")
         );
-        assert_eq!(s.claims.user_id, "id\"1", "the claims keep the raw id");
+        assert_eq!(s.claims().user_id, "id\"1", "the claims keep the raw id");
     }
 }

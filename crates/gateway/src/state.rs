@@ -9,12 +9,13 @@ use tokio::sync::watch;
 
 use socketioxide::socket::Sid;
 
-use crate::auth::{Claims, Verifier};
+use crate::auth::{AuthError, Claims, Purpose, Verifier};
 use crate::churn::{self, Churn};
 use crate::client_ip::PerSource;
 use crate::cluster::{SendDecision, SharedStore};
 use crate::config::RuntimeConfig;
 use crate::error::Error;
+use crate::lifecycle::Sessions;
 use crate::logsample::LogSampler;
 use crate::metrics::Metrics;
 use crate::moderation::{Muted, Mutes};
@@ -30,6 +31,8 @@ pub struct AppState {
     /// a reload applies to existing connections from their next event on.
     config: watch::Receiver<Arc<RuntimeConfig>>,
     pub verifier: Arc<Verifier>,
+    /// When each connection's token ends: one queue for the process, swept by one task.
+    pub sessions: Sessions,
     /// One lock for all users: a check is a hash lookup and an add, far shorter than the JSON
     /// work around it, so contention stays low at the rates one gateway sees.
     limiter: Arc<Mutex<RateLimiter>>,
@@ -62,6 +65,7 @@ impl AppState {
         Self {
             config,
             verifier: Arc::new(verifier),
+            sessions: Sessions::default(),
             limiter: Arc::default(),
             mutes: Arc::default(),
             presence: Arc::default(),
@@ -182,9 +186,12 @@ impl AppState {
         self.config.clone()
     }
 
-    /// Verifies a token now.
-    pub fn verify(&self, token: &str) -> Result<Claims, crate::auth::AuthError> {
-        self.verifier.verify(token, unix_seconds())
+    /// Verifies a token for `purpose` now (waiting briefly for a JWKS refetch when its `kid` is
+    /// unknown).
+    pub async fn verify(&self, token: &str, purpose: Purpose) -> Result<Claims, AuthError> {
+        self.verifier
+            .verify_fresh(token, purpose, unix_seconds)
+            .await
     }
 
     /// Counts one event against the user's local budget for `kind`.

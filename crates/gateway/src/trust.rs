@@ -246,7 +246,7 @@ pub async fn put_host<A: Adapter>(
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
-        caller(&s.app, &headers)?;
+        caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
         let user = checked_user(&user)?;
         let ttl = ttl(&body)?;
@@ -271,7 +271,7 @@ pub async fn delete_host<A: Adapter>(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        caller(&s.app, &headers)?;
+        caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
         let user = checked_user(&user)?;
         s.app.hosts.revoke(channel, user).await;
