@@ -18,6 +18,7 @@ use socketioxide::operators::BroadcastOperators;
 
 use crate::auth::{AuthError, Claims, bearer};
 use crate::error::{Error, Result};
+use crate::history::Retention::{History, LiveOnly};
 use crate::protocol::{self, outbound};
 use crate::realtime::{self, NAMESPACE};
 use crate::state::{AppState, unix_millis};
@@ -224,7 +225,8 @@ async fn publish<A: Adapter>(
                     qty: g.qty,
                     timestamp: timestamp(&o)?,
                 };
-                realtime::emit_to_room(ops, st, outbound::GIFT, "gift", &out).await;
+                realtime::emit_to_room(ops, st, channel, History, outbound::GIFT, "gift", &out)
+                    .await;
             }
             "presence" => {
                 let delta = match o.get("delta").and_then(Value::as_i64) {
@@ -243,7 +245,16 @@ async fn publish<A: Adapter>(
                     username: Some(optional_str(&o, "username")?),
                     timestamp: unix_millis(),
                 };
-                realtime::emit_to_room(ops, st, outbound::PRESENCE, "presence", &out).await;
+                realtime::emit_to_room(
+                    ops,
+                    st,
+                    channel,
+                    LiveOnly,
+                    outbound::PRESENCE,
+                    "presence",
+                    &out,
+                )
+                .await;
             }
             "system" => {
                 match o.get("type") {
@@ -258,7 +269,11 @@ async fn publish<A: Adapter>(
                 let ts = timestamp(&o)?;
                 let mut out = o.clone();
                 out.insert("timestamp".into(), json!(ts));
-                realtime::emit_to_room(ops, st, outbound::SYSTEM, "system", &out).await;
+                // The history position is the gateway's to set.
+                out.remove("offset");
+                out.remove("epoch");
+                realtime::emit_to_room(ops, st, channel, History, outbound::SYSTEM, "system", &out)
+                    .await;
             }
             "chat" => {
                 let user_id = required_str(&o, "userId")?;
@@ -283,7 +298,8 @@ async fn publish<A: Adapter>(
                     message: &message,
                     timestamp: timestamp(&o)?,
                 };
-                realtime::emit_to_room(ops, st, outbound::CHAT, "chat", &out).await;
+                realtime::emit_to_room(ops, st, channel, History, outbound::CHAT, "chat", &out)
+                    .await;
             }
             "moderation" => {
                 let by = required_str(&o, "by")?;
@@ -306,8 +322,16 @@ async fn publish<A: Adapter>(
                     metrics,
                     timestamp: unix_millis(),
                 };
-                realtime::emit_to_room(ops, st, outbound::METRICS_UPDATE, "metrics_update", &out)
-                    .await;
+                realtime::emit_to_room(
+                    ops,
+                    st,
+                    channel,
+                    LiveOnly,
+                    outbound::METRICS_UPDATE,
+                    "metrics_update",
+                    &out,
+                )
+                .await;
             }
             _ => return Err(Error::Startup(format!("unknown bridge route {route}"))),
         }

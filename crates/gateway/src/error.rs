@@ -36,6 +36,8 @@ pub enum Error {
     InvalidAction,
     #[error("mute without targetUserId")]
     InvalidTarget,
+    #[error("invalid `since` or `history` in join")]
+    InvalidHistory,
     #[error("authentication failed: {0}")]
     Unauthorized(#[from] AuthError),
     #[error("request body is not a JSON object: {0}")]
@@ -67,6 +69,7 @@ impl Error {
             Self::Forbidden => "forbidden",
             Self::InvalidAction => "invalid_action",
             Self::InvalidTarget => "invalid_target",
+            Self::InvalidHistory => "invalid_history",
             Self::Unauthorized(_) => "unauthorized",
             Self::InvalidJson(_) => "invalid_json",
             Self::InvalidField { .. } => "invalid_field",
@@ -94,6 +97,7 @@ impl Error {
             Self::Forbidden => "Insufficient privileges for moderation".into(),
             Self::InvalidAction => "Invalid moderation action".into(),
             Self::InvalidTarget => "Mute requires targetUserId".into(),
+            Self::InvalidHistory => "Invalid history request".into(),
             Self::Unauthorized(_) => "unauthorized".into(),
             Self::InvalidJson(m) => format!("Invalid JSON body: {m}"),
             Self::InvalidField { field, reason } => format!("Invalid field `{field}`: {reason}"),

@@ -6,7 +6,8 @@
 //! shutdown future resolves, then drains ([`drain`]). The protocol lives in [`protocol`] (pure
 //! parsing and payload shapes) and [`realtime`] (the Socket.IO handlers). Decisions are pure and
 //! take time as an argument: [`auth`] (JWT), [`ratelimit`], [`moderation`] (mutes),
-//! [`sanitize`], [`presence`] (coalescing for large rooms). [`cluster`] runs many replicas as one. Shared state is [`state::AppState`]; configuration and its hot reload are in
+//! [`sanitize`], [`presence`] (coalescing for large rooms). [`history`] keeps each channel's recent
+//! items for recovery on reconnect. [`cluster`] runs many replicas as one. Shared state is [`state::AppState`]; configuration and its hot reload are in
 //! [`config`]; every metric is defined in [`metrics`]; every error in [`error`].
 
 pub mod args;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod dev;
 pub mod drain;
 pub mod error;
+pub mod history;
 pub mod metrics;
 pub mod moderation;
 pub mod presence;

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub redis_adapter_dropped: IntCounter,
     pub redis_publish_skipped: IntCounter,
+    pub history_records: IntCounterVec,
+    pub history_recoveries: IntCounterVec,
+    pub history_replayed: IntCounter,
+    pub history_channels: IntGauge,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -150,6 +154,32 @@ impl Metrics {
             "Broadcasts delivered locally only because Redis was unreachable",
         )
         .expect("static metric definition");
+        let history_records = IntCounterVec::new(
+            Opts::new(
+                "live_history_records_total",
+                "History items delivered to channels, by result: recorded, unrecorded (the store was unavailable; the channel's stream is renewed), disabled (history.maxItems 0)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let history_recoveries = IntCounterVec::new(
+            Opts::new(
+                "live_history_recoveries_total",
+                "Recovery attempts, by way (join, connection_state) and result (recovered, or why not)",
+            ),
+            &["via", "result"],
+        )
+        .expect("static metric definition");
+        let history_replayed = IntCounter::new(
+            "live_history_replayed_items_total",
+            "History items sent to recovering clients",
+        )
+        .expect("static metric definition");
+        let history_channels = IntGauge::new(
+            "live_history_channels",
+            "Channels whose history this gateway keeps in memory (0 with Redis)",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("live_build_info", "Build information; always 1"),
             &["version"],
@@ -177,6 +207,10 @@ impl Metrics {
             Box::new(redis_errors.clone()),
             Box::new(redis_adapter_dropped.clone()),
             Box::new(redis_publish_skipped.clone()),
+            Box::new(history_records.clone()),
+            Box::new(history_recoveries.clone()),
+            Box::new(history_replayed.clone()),
+            Box::new(history_channels.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -203,6 +237,10 @@ impl Metrics {
             redis_errors,
             redis_adapter_dropped,
             redis_publish_skipped,
+            history_records,
+            history_recoveries,
+            history_replayed,
+            history_channels,
         }
     }
 
@@ -256,6 +294,13 @@ impl Metrics {
     /// Counts a failed Redis call by operation (a fixed set of names).
     pub fn redis_error(&self, op: &'static str) {
         self.redis_errors.with_label_values(&[op]).inc();
+    }
+
+    /// Counts a recovery attempt; both labels come from fixed sets.
+    pub fn history_recovery(&self, via: &'static str, result: &'static str) {
+        self.history_recoveries
+            .with_label_values(&[via, result])
+            .inc();
     }
 
     /// Counts a refusal or error by its stable code.

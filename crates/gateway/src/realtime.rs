@@ -18,8 +18,11 @@ use socketioxide::socket::DisconnectReason;
 
 use crate::auth::{AuthError, Claims, token_from};
 use crate::error::{Error, Result};
+use crate::history::Retention::{History, LiveOnly};
+use crate::history::socket::JoinReply;
+use crate::history::{self, Retention};
 use crate::presence::Announce;
-use crate::protocol::{self, Action, inbound, outbound};
+use crate::protocol::{self, Action, Role, inbound, outbound};
 use crate::ratelimit::Kind;
 use crate::state::{AppState, unix_millis};
 
@@ -53,7 +56,12 @@ pub async fn authenticate<A: Adapter>(
         .and_then(|t| state.verify(t));
     match outcome {
         Ok(claims) => {
-            s.extensions.insert(Arc::new(claims));
+            // A Socket.IO Connection State Recovery resume: the channels to put the socket back
+            // into before its CONNECT reply (its broadcasts are held until the replay).
+            let restored =
+                history::socket::handshake(&s, &state, &claims, auth.as_ref().ok()).await;
+            let claims = Arc::new(claims);
+            s.extensions.insert(claims.clone());
             state
                 .metrics
                 .connections
@@ -64,6 +72,10 @@ pub async fn authenticate<A: Adapter>(
             // right after connecting could otherwise beat the registration and lose its event.
             // The middleware is awaited before CONNECT is sent.
             register_handlers(&s, &state);
+            for r in restored {
+                let role = if r.host { Role::Host } else { Role::Viewer };
+                enter_channel(&s, &state, &claims, &r.channel, role, false).await;
+            }
             Ok(())
         }
         Err(reason) => {
@@ -85,8 +97,11 @@ pub async fn authenticate<A: Adapter>(
 }
 
 /// Connect handler. Everything a connection needs is set up by [`authenticate`], before the
-/// client learns it is connected; nothing is left to do here.
-pub async fn on_connect<A: Adapter>(_s: SocketRef<A>) {}
+/// client learns it is connected; a recovered socket gets the items it missed here, right after
+/// its CONNECT reply.
+pub async fn on_connect<A: Adapter>(s: SocketRef<A>, State(st): State<AppState>) {
+    history::socket::replay(&s, &st).await;
+}
 
 /// Registers `$handler`, an `async fn(&SocketRef<A>, &AppState, &Claims, &Value) -> Result<()>`,
 /// for `$event`: data that is not JSON is refused before it, and every outcome goes through
@@ -116,7 +131,30 @@ macro_rules! on_event {
 fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
     state.metrics.active_connections.inc();
 
-    on_event!(s, A, inbound::JOIN, "join", join);
+    s.on(
+        inbound::JOIN,
+        async |s: SocketRef<A>,
+               TryData(d): TryData<Value>,
+               ack: AckSender<A>,
+               State(st): State<AppState>,
+               Extension(c): Extension<Arc<Claims>>| {
+            let t = Instant::now();
+            let r = match d {
+                Ok(v) => join(&s, &st, &c, &v).await,
+                Err(_) => Err(Error::InvalidPayload),
+            };
+            match r {
+                Ok(reply) => {
+                    finish_replying(&s, ack, &st, "join", Ok(()), reply.as_ref(), t);
+                    // Live items held during the join follow its acknowledgement.
+                    if let Some(reply) = reply {
+                        reply.release(&s);
+                    }
+                }
+                Err(e) => finish(&s, ack, &st, "join", Err(e), t),
+            }
+        },
+    );
     on_event!(s, A, inbound::LEAVE, "leave", leave);
     on_event!(s, A, inbound::CHAT, "chat", chat);
     on_event!(s, A, inbound::GIFT, "gift", gift);
@@ -141,6 +179,7 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
                 .with_label_values(&[disconnect_label(reason)])
                 .inc();
             // Rooms are still readable here; socketioxide removes them after this handler.
+            history::socket::disconnected(&s, &st, &c, reason).await;
             for room in s.rooms() {
                 if let Some(channel) = protocol::channel_of(&room) {
                     announce_leave(&s, &st, &c, channel).await;
@@ -160,6 +199,19 @@ fn finish<A: Adapter>(
     result: Result<()>,
     started: Instant,
 ) {
+    finish_replying(s, ack, st, kind, result, None, started);
+}
+
+/// [`finish`], with a join's history reply as the acknowledgement on success.
+fn finish_replying<A: Adapter>(
+    s: &SocketRef<A>,
+    ack: AckSender<A>,
+    st: &AppState,
+    kind: &'static str,
+    result: Result<()>,
+    reply: Option<&JoinReply>,
+    started: Instant,
+) {
     st.metrics.messages.with_label_values(&[kind, "in"]).inc();
     if let Err(e) = &result {
         st.metrics.error(e.code());
@@ -167,7 +219,10 @@ fn finish<A: Adapter>(
         emit_to_socket(s, st, outbound::ERROR, "error", &e.to_client());
     }
     // A client without a callback gets no ack packet; `send` is a no-op then.
-    let _ = ack.send(&protocol::ack(&result));
+    let _ = match reply.filter(|_| result.is_ok()) {
+        Some(reply) => ack.send(&reply.ack()),
+        None => ack.send(&protocol::ack(&result)),
+    };
     st.metrics
         .message_duration
         .with_label_values(&[kind])
@@ -188,17 +243,28 @@ fn emit_to_socket<A: Adapter, T: Serialize + ?Sized>(
     }
 }
 
-/// Emits to a room through the adapter; a failure is logged and counted, not returned, because
-/// the sender's own request did succeed.
+/// Emits to a channel's room through the adapter: every delivery to a channel goes through here.
+/// A history item is recorded first and delivered with its `offset` and `epoch` (and, with
+/// Connection State Recovery, its position as the last argument). A failure is logged and
+/// counted, not returned, because the sender's own request did succeed.
 pub async fn emit_to_room<A: Adapter, T: Serialize + ?Sized>(
     ops: socketioxide::operators::BroadcastOperators<A>,
     st: &AppState,
-    event: &str,
+    channel: &str,
+    retention: Retention,
+    event: &'static str,
     kind: &'static str,
     payload: &T,
 ) {
     st.metrics.messages.with_label_values(&[kind, "out"]).inc();
-    if let Err(e) = ops.emit(event, payload).await {
+    let sent = match history::deliver::prepare(st, channel, retention, event, payload).await {
+        Some(d) => match &d.recovery_arg {
+            Some(arg) => ops.emit(event, &(&*d.payload, arg)).await,
+            None => ops.emit(event, &*d.payload).await,
+        },
+        None => ops.emit(event, payload).await,
+    };
+    if let Err(e) = sent {
         st.metrics.emit_failures.inc();
         tracing::warn!(event, error = %e, "room broadcast failed");
     }
@@ -208,26 +274,55 @@ fn is_member<A: Adapter>(s: &SocketRef<A>, room: &str) -> bool {
     s.rooms().iter().any(|r| r == room)
 }
 
-async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value) -> Result<()> {
+async fn join<A: Adapter>(
+    s: &SocketRef<A>,
+    st: &AppState,
+    c: &Claims,
+    v: &Value,
+) -> Result<Option<JoinReply>> {
     let j = protocol::parse_join(v)?;
-    let room = protocol::room(j.channel);
-    if is_member(s, &room) {
-        return Ok(());
+    if is_member(s, &protocol::room(j.channel)) {
+        // Already in (a repeated join, or a socket Connection State Recovery restored): live
+        // items flow already, so a history request is answered as the store has it and the
+        // client drops the offsets it has seen.
+        return Ok(match j.history.wants() {
+            true => Some(history::socket::read_reply(st, j.channel, &j.history).await),
+            false => None,
+        });
     }
+    let entering = history::socket::entering(s, st, j.channel, &j.history).await;
+    enter_channel(s, st, c, j.channel, j.role, true).await;
+    let host = j.role == Role::Host;
+    Ok(history::socket::entered(s, st, c, j.channel, host, entering, &j.history).await)
+}
+
+/// Puts the socket in a channel's room and announces it; `ping` sends the joiner its
+/// `metrics:ping` (not to a socket restored before its CONNECT reply, which cannot get it yet).
+async fn enter_channel<A: Adapter>(
+    s: &SocketRef<A>,
+    st: &AppState,
+    c: &Claims,
+    channel: &str,
+    role: Role,
+    ping: bool,
+) {
+    let room = protocol::room(channel);
     s.join(room.clone());
     st.membership_changed();
     st.metrics.presence_delta.with_label_values(&["join"]).inc();
     let now = unix_millis();
-    let ping = protocol::MetricsPing {
-        channel_name: j.channel,
+    let metrics_ping = protocol::MetricsPing {
+        channel_name: channel,
         timestamp: now,
     };
-    if st.presence_joined(j.channel, &c.user_id) == Announce::Batched {
-        emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
-        return Ok(());
+    if st.presence_joined(channel, &c.user_id) == Announce::Batched {
+        if ping {
+            emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &metrics_ping);
+        }
+        return;
     }
     let presence = protocol::PresenceUpdate {
-        channel_name: j.channel,
+        channel_name: channel,
         delta: 1,
         user_id: &c.user_id,
         username: None,
@@ -236,6 +331,8 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     emit_to_room(
         s.within(room.clone()),
         st,
+        channel,
+        LiveOnly,
         outbound::PRESENCE,
         "presence",
         &presence,
@@ -245,12 +342,22 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
         kind: "join",
         user_id: &c.user_id,
         username: c.username.as_deref(),
-        role: Some(j.role),
+        role: Some(role),
         timestamp: now,
     };
-    emit_to_room(s.within(room), st, outbound::SYSTEM, "system", &system).await;
-    emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
-    Ok(())
+    emit_to_room(
+        s.within(room),
+        st,
+        channel,
+        LiveOnly,
+        outbound::SYSTEM,
+        "system",
+        &system,
+    )
+    .await;
+    if ping {
+        emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &metrics_ping);
+    }
 }
 
 async fn heartbeat<A: Adapter>(
@@ -275,6 +382,7 @@ async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Valu
         return Err(Error::NotMember);
     }
     s.leave(room);
+    history::socket::left(s, st, c, channel).await;
     announce_leave(s, st, c, channel).await;
     Ok(())
 }
@@ -301,6 +409,8 @@ async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims,
     emit_to_room(
         s.to(room.clone()),
         st,
+        channel,
+        LiveOnly,
         outbound::PRESENCE,
         "presence",
         &presence,
@@ -313,7 +423,16 @@ async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims,
         role: None,
         timestamp: now,
     };
-    emit_to_room(s.to(room), st, outbound::SYSTEM, "system", &system).await;
+    emit_to_room(
+        s.to(room),
+        st,
+        channel,
+        LiveOnly,
+        outbound::SYSTEM,
+        "system",
+        &system,
+    )
+    .await;
 }
 
 /// The channel of a member-only event, after the payload and membership checks.
@@ -345,6 +464,8 @@ async fn chat<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     emit_to_room(
         s.within(protocol::room(channel)),
         st,
+        channel,
+        History,
         outbound::CHAT,
         "chat",
         &out,
@@ -370,6 +491,8 @@ async fn gift<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
     emit_to_room(
         s.within(protocol::room(channel)),
         st,
+        channel,
+        History,
         outbound::GIFT,
         "gift",
         &out,
@@ -432,6 +555,8 @@ pub async fn apply_moderation<A: Adapter>(
     emit_to_room(
         room_ops.clone(),
         st,
+        channel,
+        History,
         outbound::MODERATION,
         "moderation",
         &event,
@@ -459,6 +584,8 @@ pub async fn flush_presence<A: Adapter>(io: &SocketIo<A>, st: &AppState, resync:
         emit_to_room(
             ns.clone().to(protocol::room(&channel)),
             st,
+            &channel,
+            LiveOnly,
             outbound::PRESENCE,
             "presence",
             &payload,

@@ -11,6 +11,7 @@ use crate::auth::{Claims, Verifier};
 use crate::cluster::{SendDecision, SharedStore};
 use crate::config::RuntimeConfig;
 use crate::error::Error;
+use crate::history::{History, Limits};
 use crate::metrics::Metrics;
 use crate::moderation::Mutes;
 use crate::presence::{Announce, Batch, PresenceBook};
@@ -37,6 +38,8 @@ pub struct AppState {
     /// Limits, mutes and counts shared by every replica, when Redis is configured. The local
     /// limiter and mute table above are the fallback whenever it cannot answer.
     pub shared: Option<SharedStore>,
+    /// Channel history and recovery sessions: in this process, or in Redis with `shared`.
+    pub history: History,
 }
 
 impl AppState {
@@ -52,10 +55,17 @@ impl AppState {
             mutes: Arc::default(),
             presence: Arc::default(),
             sanitizer: Arc::new(Sanitizer::default()),
+            history: History::in_memory(metrics.clone()),
             metrics,
             draining: Arc::default(),
             shared: None,
         }
+    }
+
+    /// Keeps history somewhere else than in this process (Redis).
+    pub fn with_history(mut self, history: History) -> Self {
+        self.history = history;
+        self
     }
 
     /// Shares limits, mutes and counts through Redis.
@@ -164,11 +174,13 @@ impl AppState {
         lock(&self.mutes).is_muted(channel, user, Instant::now())
     }
 
-    /// Drops expired rate-limit windows and mutes; run periodically.
+    /// Drops expired rate-limit windows, mutes and history; run periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
         lock(&self.limiter).sweep(now);
         lock(&self.mutes).sweep(now);
+        let limits = Limits::from_config(&self.config().gateway.history);
+        self.history.sweep(&limits, unix_millis());
     }
 
     pub fn start_draining(&self) {
