@@ -789,7 +789,10 @@ impl<A: Adapter> Socket<A> {
     /// # Errors
     /// [`HoldOverflow`] when packets were dropped because the hold was full (they are lost), or
     /// when the socket's queue was full.
-    pub fn release_broadcasts(&self, mut keep: impl FnMut(&str) -> bool) -> Result<usize, HoldOverflow> {
+    pub fn release_broadcasts(
+        &self,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Result<usize, HoldOverflow> {
         let mut inner = self.recovery.inner.lock().unwrap();
         let Some(state) = inner.as_mut() else {
             return Ok(0);
