@@ -249,14 +249,15 @@ pub async fn disconnected<A: Adapter>(
     let sessions = st.history.sessions();
     let now = unix_millis();
     let owner = s.id.to_string();
-    let recoverable = matches!(
-        reason,
-        DisconnectReason::TransportClose
-            | DisconnectReason::TransportError
-            | DisconnectReason::HeartbeatTimeout
-            | DisconnectReason::MultipleHttpPollingError
-            | DisconnectReason::ClosingServer
-    );
+    let recoverable = s.extensions.get::<ReplayFailed>().is_none()
+        && matches!(
+            reason,
+            DisconnectReason::TransportClose
+                | DisconnectReason::TransportError
+                | DisconnectReason::HeartbeatTimeout
+                | DisconnectReason::MultipleHttpPollingError
+                | DisconnectReason::ClosingServer
+        );
     if !recoverable {
         sessions.remove(&sess.pid, &owner, now).await;
         return;
@@ -284,6 +285,11 @@ pub struct Restored {
 #[derive(Debug, Clone)]
 struct PendingReplay {
     plan: Vec<(String, Option<Position>)>,
+}
+
+fn fail_replay<A: Adapter>(s: &SocketRef<A>) {
+    s.extensions.insert(ReplayFailed);
+    s.close_transport();
 }
 
 /// The `pid` and `offset` a reconnecting socket.io client sends in its auth payload.
@@ -344,6 +350,12 @@ pub async fn handshake<A: Adapter>(
             Some(record) => plan(st, record, resume.last.as_ref(), &limits).await,
             None => None,
         };
+        // The gap must be in the history now; the replay reads it again once the socket
+        // receives live items, so nothing falls in between.
+        let plan = match plan {
+            Some(plan) if recoverable(st, &plan, &limits).await => Some(plan),
+            _ => None,
+        };
         if let (Some(record), Some(plan)) = (record, plan) {
             s.set_connect_pid(resume.pid.clone());
             s.hold_broadcasts();
@@ -394,6 +406,29 @@ async fn plan(
     decide::plan_session(&joined, &heads, last)
 }
 
+/// Whether every channel of `plan` can be replayed from the history as it is now.
+async fn recoverable(st: &AppState, plan: &[(String, Option<Position>)], limits: &Limits) -> bool {
+    let now = unix_millis();
+    for (channel, since) in plan {
+        let Some(since) = since else {
+            continue;
+        };
+        let Ok(window) = st.history.since(channel, since, limits).await else {
+            return false;
+        };
+        if let Recovery::NotRecovered(_) = decide::recover(since, &window, now, limits.bounds()) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Marks a socket whose replay failed after its CONNECT promised recovery: its session is
+/// dropped on disconnect, so the client's automatic reconnection gets a fresh one instead of
+/// failing the same way again.
+#[derive(Debug, Clone, Copy)]
+struct ReplayFailed;
+
 /// Connect handler step: sends a recovered socket the items it missed, in order, then its held
 /// live broadcasts minus those already replayed. When the history moved on since the handshake
 /// (trimmed, or unreadable) the connection is closed, so the client reconnects and is told it
@@ -416,7 +451,7 @@ pub async fn replay<A: Adapter>(s: &SocketRef<A>, st: &AppState) {
             Ok(w) => w,
             Err(Unavailable) => {
                 metrics.history_recovery("connection_state", "no_history");
-                s.close_transport();
+                fail_replay(s);
                 return;
             }
         };
@@ -428,7 +463,7 @@ pub async fn replay<A: Adapter>(s: &SocketRef<A>, st: &AppState) {
             }
             Recovery::NotRecovered(why) => {
                 metrics.history_recovery("connection_state", why.label());
-                s.close_transport();
+                fail_replay(s);
                 return;
             }
         }
@@ -438,7 +473,7 @@ pub async fn replay<A: Adapter>(s: &SocketRef<A>, st: &AppState) {
         let event: &str = &item.event;
         if s.emit(event, &(&*item.payload, offset)).is_err() {
             metrics.history_recovery("connection_state", "buffer_full");
-            s.close_transport();
+            fail_replay(s);
             return;
         }
     }
