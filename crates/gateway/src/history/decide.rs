@@ -146,7 +146,8 @@ pub struct Joined {
 /// socket.io's protocol). Its channel is found by epoch (epochs are random per stream). For every
 /// other channel the client's position is known only when no item was written to it since the
 /// socket joined, or when the client received no item at all since it connected (`last` is
-/// `None`). Anything else would be a guess, so it is not recovered.
+/// `None`) and the stream is still the one it joined. Anything else would be a guess, so it is
+/// not recovered.
 pub fn plan_session(
     channels: &[Joined],
     heads: &[Option<Position>],
@@ -166,10 +167,11 @@ pub fn plan_session(
                     }
                     // A stale position from before this session joined counts from the join.
                     joined_same.map_or(last.offset, |j| j.offset.max(last.offset))
-                } else if last.is_none() {
-                    // No item received since connecting: everything after the join (or all of
-                    // a stream that started after it) is missed.
-                    joined_same.map_or(0, |j| j.offset)
+                } else if let (None, Some(j)) = (last, joined_same) {
+                    // No item received since connecting: everything after the join is missed.
+                    // (A stream that began after the join may have replaced one with items the
+                    // client lost, or follow items delivered unrecorded: not exact.)
+                    j.offset
                 } else {
                     match joined_same {
                         Some(j) if j.offset == head.offset => j.offset,
@@ -442,23 +444,27 @@ mod tests {
         // No item received at all since connecting: both from their joins.
         let plan = plan_session(&chans, &[Some(pos("ea", 9)), Some(pos("eb", 12))], None).unwrap();
         assert_eq!(plan[1], ("b".to_owned(), Some(pos("eb", 10))));
+        // ...unless a stream was replaced since the join.
+        assert_eq!(
+            plan_session(&chans, &[Some(pos("ea", 9)), Some(pos("new", 2))], None),
+            None
+        );
     }
 
     #[test]
-    fn a_channel_without_history_at_join_starts_from_the_beginning_of_its_new_stream() {
+    fn a_channel_without_history_at_join_resumes_only_from_a_position_in_its_new_stream() {
         let chans = [joined("a", None)];
         assert_eq!(
             plan_session(&chans, &[None], None).unwrap(),
             [("a".to_owned(), None)]
         );
         assert_eq!(
-            plan_session(&chans, &[Some(pos("ea", 2))], None).unwrap(),
-            [("a".to_owned(), Some(pos("ea", 0)))]
-        );
-        assert_eq!(
             plan_session(&chans, &[Some(pos("ea", 2))], Some(&pos("ea", 1))).unwrap(),
             [("a".to_owned(), Some(pos("ea", 1)))]
         );
+        // The stream began after the join and the client has no position in it: it may follow
+        // a stream or items the client never saw.
+        assert_eq!(plan_session(&chans, &[Some(pos("ea", 2))], None), None);
         assert_eq!(
             plan_session(&chans, &[Some(pos("ea", 2))], Some(&pos("other", 1))),
             None

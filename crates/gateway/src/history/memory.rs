@@ -55,10 +55,10 @@ impl MemoryStore {
     ) -> Option<Stamped> {
         let mut inner = lock(&self.inner);
         if !limits.enabled() {
-            // Delivered unrecorded: this stream must not be resumed across the hole.
-            if inner.channels.remove(channel).is_some() {
-                inner.forgot_at_ms = now_ms;
-            }
+            // Delivered unrecorded: this stream must not be resumed across the hole, and no
+            // recovery may assume the channel had nothing since before now.
+            inner.channels.remove(channel);
+            inner.forgot_at_ms = now_ms;
             return None;
         }
         if !inner.channels.contains_key(channel) {

@@ -65,10 +65,21 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return {epoch, off}
 "#;
 
+/// Replaces a stream that missed items (delivered unrecorded) by an empty one with a new epoch.
+const RENEW_SCRIPT: &str = r"
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'top', 0, 'created', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// How often a replica retries renewing the streams it could not record into.
+const REPAIR_EVERY: Duration = Duration::from_millis(500);
+
 /// The head and, by mode, the items after an offset (`since`, at most ARGV[3], none when the
 /// gap is longer: the caller then sees it cannot be filled) or the newest ARGV[2] (`latest`).
 const READ_SCRIPT: &str = r"
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'top')
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'top', 'created')
 if not m[1] then return {} end
 local items
 if ARGV[1] == 'since' then
@@ -82,7 +93,7 @@ elseif ARGV[1] == 'latest' then
 else
   items = {}
 end
-return {m[1], m[2], items}
+return {m[1], m[2], items, m[3] or '0'}
 ";
 
 /// The history store in Redis. Cheap to clone.
@@ -92,6 +103,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     record: Arc<Script>,
     read: Arc<Script>,
+    renew: Arc<Script>,
     gaps: Arc<Mutex<Gaps>>,
     tails: Arc<Mutex<HashMap<Box<str>, broadcast::Sender<Arc<Item>>>>>,
     metrics: Metrics,
@@ -105,22 +117,32 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// Channels whose items were delivered unrecorded, so their next recorded item must start a new
-/// epoch. Bounded: past [`MAX_GAP_CHANNELS`], `renew_all_before` makes every stream created
-/// before the latest unrecorded delivery start anew when this replica next records into it.
+/// Channels whose items were delivered unrecorded. Their streams are renewed (new epoch) as soon
+/// as Redis answers again, by a repair task, or by their next recorded item, whichever is first;
+/// until then this replica answers no recovery for them. Bounded: past [`MAX_GAP_CHANNELS`],
+/// `renew_all_before` stands for every stream created before the latest unrecorded delivery.
 #[derive(Debug, Default)]
 struct Gaps {
     channels: HashSet<Box<str>>,
     renew_all_before: u64,
+    /// A repair task is running.
+    repairing: bool,
 }
 
 impl Gaps {
-    fn mark(&mut self, channel: &str, now_ms: u64) {
+    /// Marks a channel; true when a repair task must be started.
+    fn mark(&mut self, channel: &str, now_ms: u64) -> bool {
         if self.channels.len() < MAX_GAP_CHANNELS {
             self.channels.insert(channel.into());
         } else if !self.channels.contains(channel) {
             self.renew_all_before = now_ms;
         }
+        !std::mem::replace(&mut self.repairing, true)
+    }
+
+    /// Whether a stream of `channel` created at `created_ms` may miss unrecorded items.
+    fn suspect(&self, channel: &str, created_ms: u64) -> bool {
+        self.channels.contains(channel) || created_ms < self.renew_all_before
     }
 
     /// The `created` time below which the channel's stream must be renewed.
@@ -141,6 +163,7 @@ impl RedisStore {
             prefix: prefix.into(),
             record: Arc::new(Script::from_lua(RECORD_SCRIPT)),
             read: Arc::new(Script::from_lua(READ_SCRIPT)),
+            renew: Arc::new(Script::from_lua(RENEW_SCRIPT)),
             gaps: Arc::default(),
             tails: Arc::default(),
             metrics,
@@ -199,7 +222,7 @@ impl RedisStore {
         now_ms: u64,
     ) -> Option<Stamped> {
         if !limits.enabled() {
-            lock(&self.gaps).mark(channel, now_ms);
+            self.mark_gap(channel, now_ms);
             return None;
         }
         let renew_before = lock(&self.gaps).renew_before(channel);
@@ -225,7 +248,7 @@ impl RedisStore {
             Some(Position::new(epoch.into(), offset))
         });
         let Some(position) = position else {
-            lock(&self.gaps).mark(channel, now_ms);
+            self.mark_gap(channel, now_ms);
             return None;
         };
         {
@@ -241,18 +264,66 @@ impl RedisStore {
             }),
             Err(e) => {
                 tracing::error!(event, error = %e, "payload is not a JSON object; delivered unrecorded");
-                lock(&self.gaps).mark(channel, now_ms);
+                self.mark_gap(channel, now_ms);
                 None
             }
         }
     }
 
-    pub async fn head(&self, channel: &str) -> Result<Option<Position>, Unavailable> {
-        let args = vec!["head".to_owned(), "0".to_owned(), "0".to_owned()];
+    /// Marks a channel that got an unrecorded item and makes sure a repair task runs.
+    fn mark_gap(&self, channel: &str, now_ms: u64) {
+        if lock(&self.gaps).mark(channel, now_ms) {
+            let store = self.clone();
+            tokio::spawn(async move { store.repair().await });
+        }
+    }
+
+    /// Renews the marked channels' streams as soon as Redis answers, so that no replica
+    /// recovers across the items this one delivered unrecorded.
+    async fn repair(&self) {
+        loop {
+            tokio::time::sleep(REPAIR_EVERY).await;
+            let batch: Vec<Box<str>> = {
+                let mut gaps = lock(&self.gaps);
+                if gaps.channels.is_empty() {
+                    gaps.repairing = false;
+                    return;
+                }
+                gaps.channels.iter().take(1000).cloned().collect()
+            };
+            for channel in batch {
+                let args = vec![
+                    new_epoch().to_string(),
+                    crate::state::unix_millis().to_string(),
+                    (META_TTL.as_millis() as u64).to_string(),
+                ];
+                if self
+                    .call("history_renew", &self.renew, self.keys(&channel), args)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                lock(&self.gaps).channels.remove(&channel);
+            }
+        }
+    }
+
+    /// A window read from Redis, refused while this replica knows the stream misses items.
+    async fn read(&self, channel: &str, args: Vec<String>) -> Result<Window, Unavailable> {
         let v = self
             .call("history_read", &self.read, self.keys(channel), args)
             .await?;
-        Ok(parse_window(v)?.head)
+        let (window, created) = parse_window(v)?;
+        if lock(&self.gaps).suspect(channel, created) {
+            return Err(Unavailable);
+        }
+        Ok(window)
+    }
+
+    pub async fn head(&self, channel: &str) -> Result<Option<Position>, Unavailable> {
+        let args = vec!["head".to_owned(), "0".to_owned(), "0".to_owned()];
+        Ok(self.read(channel, args).await?.head)
     }
 
     pub async fn since(
@@ -266,10 +337,7 @@ impl RedisStore {
             since.offset.to_string(),
             (limits.max_items + 1).to_string(),
         ];
-        let v = self
-            .call("history_read", &self.read, self.keys(channel), args)
-            .await?;
-        parse_window(v)
+        self.read(channel, args).await
     }
 
     pub async fn latest(&self, channel: &str, n: usize) -> Result<Window, Unavailable> {
@@ -280,10 +348,7 @@ impl RedisStore {
             });
         }
         let args = vec!["latest".to_owned(), n.to_string(), "0".to_owned()];
-        let v = self
-            .call("history_read", &self.read, self.keys(channel), args)
-            .await?;
-        let mut w = parse_window(v)?;
+        let mut w = self.read(channel, args).await?;
         w.items.reverse();
         Ok(w)
     }
@@ -385,11 +450,12 @@ impl RedisStore {
     }
 }
 
-/// Parses the read script's reply: `{}` (no stream) or `{epoch, top, entries}`.
-fn parse_window(v: Value) -> Result<Window, Unavailable> {
+/// Parses the read script's reply: `{}` (no stream) or `{epoch, top, entries, created}`; the
+/// stream's creation time comes second.
+fn parse_window(v: Value) -> Result<(Window, u64), Unavailable> {
     let mut parts = v.into_array().into_iter();
     let Some(epoch) = parts.next() else {
-        return Ok(Window::default());
+        return Ok((Window::default(), 0));
     };
     let epoch: Arc<str> = epoch.as_string().ok_or(Unavailable)?.into();
     let top = parts.next().and_then(|t| t.as_u64()).ok_or(Unavailable)?;
@@ -400,10 +466,14 @@ fn parse_window(v: Value) -> Result<Window, Unavailable> {
         .into_iter()
         .filter_map(|e| entry(e).map(|(_, item)| Arc::new(item)))
         .collect();
-    Ok(Window {
-        head: Some(Position::new(epoch, top)),
-        items,
-    })
+    let created = parts.next().and_then(|c| c.as_u64()).unwrap_or(0);
+    Ok((
+        Window {
+            head: Some(Position::new(epoch, top)),
+            items,
+        },
+        created,
+    ))
 }
 
 /// One stream entry `[id, [field, value, ...]]` as an item, with its epoch.
@@ -476,15 +546,20 @@ mod tests {
     fn gaps_renew_a_marked_channel_and_past_the_bound_every_older_stream() {
         let mut g = Gaps::default();
         assert_eq!(g.renew_before("a"), 0);
-        g.mark("a", 5);
+        assert!(g.mark("a", 5), "the first mark starts a repair");
+        assert!(!g.mark("a2", 5), "one repair at a time");
         assert_eq!(g.renew_before("a"), u64::MAX);
+        assert!(g.suspect("a", 100));
         assert_eq!(g.renew_before("b"), 0);
+        assert!(!g.suspect("b", 1));
         for i in 0..MAX_GAP_CHANNELS {
             g.mark(&format!("c{i}"), 6);
         }
         g.mark("late", 7);
         assert_eq!(g.renew_before("late"), 7);
         assert_eq!(g.renew_before("b"), 7);
+        assert!(g.suspect("b", 6));
+        assert!(!g.suspect("b", 7));
     }
 
     #[test]
@@ -508,12 +583,14 @@ mod tests {
             "ab".into(),
             "9".into(),
             Value::Array(vec![e(8), e(9)]),
+            "77".into(),
         ]);
-        let w = parse_window(v).unwrap();
+        let (w, created) = parse_window(v).unwrap();
+        assert_eq!(created, 77);
         assert_eq!(w.head, Some(Position::new("ab".into(), 9)));
         assert_eq!(w.items.iter().map(|i| i.offset).collect::<Vec<_>>(), [8, 9]);
         assert_eq!(w.items[0].event, "chat:new");
         assert_eq!(w.items[0].time_ms, 1000);
-        assert!(parse_window(Value::Array(vec![])).unwrap().head.is_none());
+        assert!(parse_window(Value::Array(vec![])).unwrap().0.head.is_none());
     }
 }
