@@ -247,6 +247,7 @@ describe('history (default bounds)', () => {
 
   test('a stock client that received nothing before dropping still gets what it missed', async () => {
     const { channelName, sender } = await channelWithSender();
+    await say(sender, channelName, 'before the viewer came');
     const v = await connect(gw, user().token, reconnecting(300));
     await join(v, channelName, { others: [sender] });
     v.io.engine.close();
@@ -256,6 +257,19 @@ describe('history (default bounds)', () => {
     await back;
     assert.equal(v.recovered, true);
     assert.equal((await nextEvent(v, 'chat:new')).message, 'while away');
+  });
+
+  test('a stock client that received nothing in a channel whose stream began after it joined is not recovered', async () => {
+    // Conservative on purpose: the new stream may follow items the client never saw.
+    const { channelName, sender } = await channelWithSender();
+    const v = await connect(gw, user().token, reconnecting(300));
+    await join(v, channelName, { others: [sender] });
+    v.io.engine.close();
+    await waitDisconnect(v);
+    const back = reconnected(v, 10_000);
+    await say(sender, channelName, 'first ever');
+    await back;
+    assert.equal(v.recovered, false);
   });
 
   test('a recovery session is only resumed by its own user, and not after leaving on purpose', async () => {
