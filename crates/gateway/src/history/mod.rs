@@ -188,7 +188,7 @@ pub struct History {
 #[derive(Debug, Clone)]
 enum Store {
     Memory(Arc<memory::MemoryStore>),
-    Redis(redis::RedisStore),
+    Redis(Box<redis::RedisStore>),
 }
 
 impl History {
@@ -205,11 +205,11 @@ impl History {
     /// gateway's pooled client; `prefix` is the Redis key prefix.
     pub fn in_redis(pool: fred::clients::Pool, prefix: &str, metrics: Metrics) -> Self {
         Self {
-            store: Store::Redis(redis::RedisStore::new(
+            store: Store::Redis(Box::new(redis::RedisStore::new(
                 pool.clone(),
                 prefix,
                 metrics.clone(),
-            )),
+            ))),
             sessions: session::SessionStore::in_redis(pool, prefix, metrics.clone()),
             metrics,
         }

@@ -96,6 +96,9 @@ end
 return {m[1], m[2], items, m[3] or '0'}
 ";
 
+/// Each watched channel's feed, shared by its local watchers.
+type Tails = Arc<Mutex<HashMap<Box<str>, broadcast::Sender<Arc<Item>>>>>;
+
 /// The history store in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -105,7 +108,7 @@ pub struct RedisStore {
     read: Arc<Script>,
     renew: Arc<Script>,
     gaps: Arc<Mutex<Gaps>>,
-    tails: Arc<Mutex<HashMap<Box<str>, broadcast::Sender<Arc<Item>>>>>,
+    tails: Tails,
     metrics: Metrics,
 }
 

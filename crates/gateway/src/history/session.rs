@@ -183,7 +183,7 @@ return r[2]
 #[derive(Debug, Clone)]
 pub enum SessionStore {
     Memory(Arc<Mutex<MemorySessions>>),
-    Redis(RedisSessions),
+    Redis(Box<RedisSessions>),
 }
 
 /// Sessions in this process: record, owner and expiry per pid.
@@ -216,13 +216,13 @@ impl SessionStore {
     }
 
     pub fn in_redis(pool: Pool, prefix: &str, metrics: Metrics) -> Self {
-        Self::Redis(RedisSessions {
+        Self::Redis(Box::new(RedisSessions {
             pool,
             prefix: prefix.into(),
             save: Arc::new(Script::from_lua(SAVE_SCRIPT)),
             take: Arc::new(Script::from_lua(TAKE_SCRIPT)),
             metrics,
-        })
+        }))
     }
 
     /// Stores the session of a connected socket (after a join or leave).
