@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   startGateway, connect, closeAllSockets, user, chan, token, emitAck, nextEvent, expectNoEvent,
-  join, bridge, sleep, waitDisconnect, assertPosition, refusal, OK,
+  join, bridge, sleep, waitDisconnect, assertPosition, refusal, OK, metricsText, metricValue,
 } from './harness.mjs';
 
 afterEach(closeAllSockets);
@@ -130,6 +130,7 @@ describe('history (default bounds)', () => {
     );
     assert.deepEqual(ack.items.map((i) => i.data.offset), expected.map((_, k) => last.offset + 1 + k));
     assert.ok(ack.items.every((i) => i.data.epoch === last.epoch));
+    assert.ok(metricValue(await metricsText(gw), 'live_history_recoveries_total', { via: 'join', result: 'recovered' }) >= 1);
     // Live items continue right after the acknowledged offset, none repeated.
     await say(sender, channelName, 'after');
     const live = await nextEvent(back, 'chat:new');
@@ -243,6 +244,9 @@ describe('history (default bounds)', () => {
     assert.equal(m9.offset, m0.offset + 9);
     await expectNoEvent(v, 'chat:new', 300);
     assert.deepEqual(await emitAck(v, 'chat:send', { channelName, message: 'I am back' }), OK);
+    const text = await metricsText(gw);
+    assert.ok(metricValue(text, 'live_history_recoveries_total', { via: 'connection_state', result: 'recovered' }) >= 1);
+    assert.ok(metricValue(text, 'live_history_replayed_items_total') >= 8);
   });
 
   test('a stock client that received nothing before dropping still gets what it missed', async () => {

@@ -6,14 +6,18 @@
 //! text), `plan` (who joins which channel and who sends), `pacing` (when each sender sends),
 //! `stats` (percentiles), `search` (the saturation step-up), `report` (the summary) and `procfs` (the server's RSS and CPU time). The IO shell is `client`
 //! (one task per connection) and `run` (the scenarios: phases, progress and the JSON report).
-//! `args` turns the command line into a scenario and a runtime.
+//! `args` turns the command line into a scenario and a runtime. `history` switches the gateway's
+//! channel history on or off for a run and probes which it is; `recover` is the scenario of
+//! viewers recovering a gap after a mass reconnect.
 
 pub mod args;
 pub mod client;
 pub mod engineio;
+pub mod history;
 pub mod pacing;
 pub mod plan;
 pub mod procfs;
+pub mod recover;
 pub mod report;
 pub mod run;
 pub mod search;

@@ -373,6 +373,8 @@ mod tests {
             "ws_rooms_active",
             "ws_room_size",
             "live_build_info",
+            "live_history_replayed_items_total",
+            "live_history_channels",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -179,7 +179,7 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
                 .with_label_values(&[disconnect_label(reason)])
                 .inc();
             // Rooms are still readable here; socketioxide removes them after this handler.
-            history::socket::disconnected(&s, &st, &c, reason).await;
+            history::socket::disconnected(&s, &st, reason).await;
             for room in s.rooms() {
                 if let Some(channel) = protocol::channel_of(&room) {
                     announce_leave(&s, &st, &c, channel).await;
@@ -293,7 +293,7 @@ async fn join<A: Adapter>(
     let entering = history::socket::entering(s, st, j.channel, &j.history).await;
     enter_channel(s, st, c, j.channel, j.role, true).await;
     let host = j.role == Role::Host;
-    Ok(history::socket::entered(s, st, c, j.channel, host, entering, &j.history).await)
+    Ok(history::socket::entered(s, st, j.channel, host, entering, &j.history).await)
 }
 
 /// Puts the socket in a channel's room and announces it; `ping` sends the joiner its
@@ -382,7 +382,7 @@ async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Valu
         return Err(Error::NotMember);
     }
     s.leave(room);
-    history::socket::left(s, st, c, channel).await;
+    history::socket::left(s, st, channel).await;
     announce_leave(s, st, c, channel).await;
     Ok(())
 }

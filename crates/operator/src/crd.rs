@@ -1,7 +1,7 @@
 //! The `LiveRealtime` custom resource: its spec, status and the validation rules the apiserver
 //! enforces (OpenAPI schema + CEL), so a bad spec fails at `kubectl apply`, not in the operator.
 //!
-//! The gateway config sections (`rateLimits`, `cors`, `moderation`, `limits`, `presence`) are the very types
+//! The gateway config sections (`rateLimits`, `cors`, `moderation`, `limits`, `presence`, `history`) are the very types
 //! `live-gateway` reloads, re-exported from `live-api`, so the CRD, the ConfigMap and the gateway
 //! cannot drift apart.
 
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
-use live_api::{Cors, GatewayConfig, Limits, Moderation, Presence, RateLimits};
+use live_api::{Cors, GatewayConfig, History, Limits, Moderation, Presence, RateLimits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +127,9 @@ pub struct LiveRealtimeSpec {
     /// Presence coalescing for large rooms (hot-reloaded).
     #[serde(default)]
     pub presence: Presence,
+    /// Channel history and recovery on reconnect (hot-reloaded).
+    #[serde(default)]
+    pub history: History,
     /// Redis for cross-pod broadcast, rate limits and presence.
     #[serde(default)]
     pub redis: RedisSpec,
@@ -544,6 +547,7 @@ impl LiveRealtimeSpec {
             moderation: self.moderation.clone(),
             limits: self.limits.clone(),
             presence: self.presence.clone(),
+            history: self.history.clone(),
         }
     }
 

@@ -758,10 +758,15 @@ impl<A: Adapter> Socket<A> {
         inner.get_or_insert_with(Box::default).pid = Some(pid.into());
     }
 
-    /// The pid for the CONNECT reply, taken once.
+    /// The pid for the CONNECT reply, taken once; the recovery state is freed when nothing is
+    /// held, so an idle socket keeps no allocation for it.
     pub(crate) fn take_connect_pid(&self) -> Option<Str> {
         let mut inner = self.recovery.inner.lock().unwrap();
-        inner.as_mut().and_then(|i| i.pid.take())
+        let pid = inner.as_mut().and_then(|i| i.pid.take());
+        if !self.recovery.holding.load(Ordering::Acquire) {
+            *inner = None;
+        }
+        pid
     }
 
     /// # Hold back broadcasts to this socket (live-realtime fork)

@@ -12,7 +12,8 @@
 //! script); without it, a bounded map in this process.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use fred::clients::Pool;
@@ -102,49 +103,66 @@ pub struct Record {
 #[derive(Debug)]
 pub struct SocketSession {
     pub pid: Box<str>,
-    pub channels: Mutex<Vec<SessionChannel>>,
+    user: Box<str>,
+    channels: Mutex<Vec<SessionChannel>>,
+    /// Another socket resumed this session (its client came back before this socket's drop was
+    /// noticed): this socket must not store it again when it finally disconnects.
+    taken: AtomicBool,
 }
 
 impl SocketSession {
-    pub fn new(pid: Box<str>, channels: Vec<SessionChannel>) -> Self {
+    pub fn new(pid: Box<str>, user: &str, channels: Vec<SessionChannel>) -> Self {
         Self {
             pid,
+            user: user.into(),
             channels: Mutex::new(channels),
+            taken: AtomicBool::new(false),
         }
     }
 
     /// Adds or replaces a channel; returns the record to store.
-    pub fn joined(&self, user: &str, channel: SessionChannel) -> Record {
+    pub fn joined(&self, channel: SessionChannel) -> Record {
         let mut channels = lock(&self.channels);
         channels.retain(|c| c.channel != channel.channel);
         channels.push(channel);
-        Record {
-            user: user.to_owned(),
-            channels: channels.clone(),
-        }
+        self.record(channels.clone())
     }
 
     /// Removes a channel; returns the record to store.
-    pub fn left(&self, user: &str, channel: &str) -> Record {
+    pub fn left(&self, channel: &str) -> Record {
         let mut channels = lock(&self.channels);
         channels.retain(|c| c.channel != channel);
-        Record {
-            user: user.to_owned(),
-            channels: channels.clone(),
-        }
+        self.record(channels.clone())
     }
 
     /// The record as of a disconnection: only the channels the socket was still in (a channel
     /// `end` removes members without telling their sessions).
-    pub fn at_disconnect(&self, user: &str, still_in: &[&str]) -> Record {
+    pub fn at_disconnect(&self, still_in: &[&str]) -> Record {
         let channels = lock(&self.channels);
-        Record {
-            user: user.to_owned(),
-            channels: channels
+        self.record(
+            channels
                 .iter()
                 .filter(|c| still_in.contains(&c.channel.as_str()))
                 .cloned()
                 .collect(),
+        )
+    }
+
+    /// The record as it stands.
+    pub fn current(&self) -> Record {
+        let channels = lock(&self.channels).clone();
+        self.record(channels)
+    }
+
+    /// Whether the session has no channel (and so was never stored).
+    pub fn is_empty(&self) -> bool {
+        lock(&self.channels).is_empty()
+    }
+
+    fn record(&self, channels: Vec<SessionChannel>) -> Record {
+        Record {
+            user: self.user.to_string(),
+            channels,
         }
     }
 }
@@ -186,10 +204,13 @@ pub enum SessionStore {
     Redis(Box<RedisSessions>),
 }
 
-/// Sessions in this process: record, owner and expiry per pid.
+/// Sessions in this process. A connected socket's session is only referenced (its socket keeps
+/// it), so an idle joined connection costs a map entry here, not a copy of its record.
 #[derive(Debug, Default)]
 pub struct MemorySessions {
-    map: HashMap<Box<str>, (Record, Box<str>, u64)>,
+    live: HashMap<Box<str>, Weak<SocketSession>>,
+    /// Sessions of dropped sockets: record and expiry.
+    dropped: HashMap<Box<str>, (Record, u64)>,
 }
 
 /// Sessions in Redis.
@@ -225,67 +246,73 @@ impl SessionStore {
         }))
     }
 
-    /// Stores the session of a connected socket (after a join or leave).
-    pub async fn save(&self, pid: &str, owner: &str, record: &Record, now_ms: u64) {
-        self.write(pid, owner, record, CONNECTED_TTL, false, now_ms)
-            .await;
+    /// Stores the session of a connected socket owned by `owner` (after a join or leave).
+    pub async fn save(&self, sess: &Arc<SocketSession>, owner: &str, record: &Record) {
+        match self {
+            Self::Memory(m) => {
+                lock(m).live.insert(sess.pid.clone(), Arc::downgrade(sess));
+            }
+            Self::Redis(r) => {
+                r.write(&sess.pid, owner, record, CONNECTED_TTL, false)
+                    .await
+            }
+        }
     }
 
-    /// Stores the session of a socket that just dropped, recoverable for `window`, unless another
-    /// socket owns it by now.
+    /// Stores the session of a socket that just dropped, recoverable for `window`, unless
+    /// another socket resumed it meanwhile.
     pub async fn release(
         &self,
-        pid: &str,
+        sess: &Arc<SocketSession>,
         owner: &str,
         record: &Record,
         window: Duration,
         now_ms: u64,
     ) {
-        self.write(pid, owner, record, window, true, now_ms).await;
-    }
-
-    async fn write(
-        &self,
-        pid: &str,
-        owner: &str,
-        record: &Record,
-        ttl: Duration,
-        only_owner: bool,
-        now_ms: u64,
-    ) {
+        if sess.taken.load(Ordering::Acquire) {
+            return;
+        }
         match self {
             Self::Memory(m) => {
                 let mut m = lock(m);
-                let expires = now_ms.saturating_add(ttl.as_millis() as u64);
-                if let Some((_, current, _)) = m.map.get(pid)
-                    && only_owner
-                    && **current != *owner
-                {
-                    return;
-                }
-                if m.map.len() >= MAX_MEMORY_SESSIONS && !m.map.contains_key(pid) {
-                    m.map.retain(|_, (_, _, exp)| *exp > now_ms);
-                    if m.map.len() >= MAX_MEMORY_SESSIONS {
+                m.forget_live(sess);
+                if m.dropped.len() >= MAX_MEMORY_SESSIONS {
+                    m.dropped.retain(|_, (_, exp)| *exp > now_ms);
+                    if m.dropped.len() >= MAX_MEMORY_SESSIONS {
                         return;
                     }
                 }
-                m.map
-                    .insert(pid.into(), (record.clone(), owner.into(), expires));
+                let expires = now_ms.saturating_add(window.as_millis() as u64);
+                m.dropped
+                    .insert(sess.pid.clone(), (record.clone(), expires));
             }
-            Self::Redis(r) => {
-                let Ok(channels) = serde_json::to_string(&record.channels) else {
-                    return;
-                };
-                let args = vec![
-                    owner.to_owned(),
-                    record.user.clone(),
-                    channels,
-                    (ttl.as_millis() as u64).max(1).to_string(),
-                    if only_owner { "1" } else { "0" }.to_owned(),
-                ];
-                let _ = r.call("session_save", &r.save, r.key(pid), args).await;
-            }
+            Self::Redis(r) => r.write(&sess.pid, owner, record, window, true).await,
         }
+    }
+
+    /// Forgets the session of a socket that left on purpose.
+    pub async fn end(&self, sess: &Arc<SocketSession>, owner: &str) {
+        if sess.taken.load(Ordering::Acquire) {
+            return;
+        }
+        match self {
+            Self::Memory(m) => lock(m).forget_live(sess),
+            Self::Redis(_) => self.discard(&sess.pid, owner).await,
+        }
+    }
+
+    /// Forgets a session `owner` took but will not resume.
+    pub async fn discard(&self, pid: &str, owner: &str) {
+        if let Self::Redis(r) = self {
+            // An owner-checked overwrite with the shortest TTL: never another owner's.
+            let empty = Record {
+                user: String::new(),
+                channels: Vec::new(),
+            };
+            r.write(pid, owner, &empty, Duration::from_millis(1), true)
+                .await;
+        }
+        // In memory, taking already removed it.
     }
 
     /// The session `pid` of `user`, handed to `new_owner`; `None` when there is none (expired,
@@ -301,13 +328,21 @@ impl SessionStore {
         match self {
             Self::Memory(m) => {
                 let mut m = lock(m);
-                let (record, owner, expires) = m.map.get_mut(pid)?;
-                if *expires <= now_ms || record.user != user {
+                if let Some((record, expires)) = m.dropped.get(pid) {
+                    if *expires <= now_ms || record.user != user {
+                        return None;
+                    }
+                    return m.dropped.remove(pid).map(|(record, _)| record);
+                }
+                // Its socket is still connected here (the drop not noticed yet).
+                let live = m.live.get(pid)?.upgrade()?;
+                if *live.user != *user {
                     return None;
                 }
-                *owner = new_owner.into();
-                *expires = now_ms.saturating_add(CONNECTED_TTL.as_millis() as u64);
-                Some(record.clone())
+                live.taken.store(true, Ordering::Release);
+                m.live.remove(pid);
+                let channels = lock(&live.channels).clone();
+                Some(live.record(channels))
             }
             Self::Redis(r) => {
                 let args = vec![
@@ -325,34 +360,27 @@ impl SessionStore {
         }
     }
 
-    /// Forgets a session (its client left on purpose).
-    pub async fn remove(&self, pid: &str, owner: &str, now_ms: u64) {
-        let empty = Record {
-            user: String::new(),
-            channels: Vec::new(),
-        };
-        match self {
-            Self::Memory(m) => {
-                let mut m = lock(m);
-                if m.map.get(pid).is_some_and(|(_, o, _)| **o == *owner) {
-                    m.map.remove(pid);
-                }
-            }
-            Self::Redis(_) => {
-                // An owner-checked overwrite with the shortest TTL: never another owner's.
-                self.write(pid, owner, &empty, Duration::from_millis(1), true, now_ms)
-                    .await;
-            }
-        }
-    }
-
     /// Drops expired sessions (in memory; Redis expires by itself).
     pub fn sweep(&self, now_ms: u64) {
         if let Self::Memory(m) = self {
             let mut m = lock(m);
-            m.map.retain(|_, (_, _, exp)| *exp > now_ms);
-            let len = m.map.len();
-            m.map.shrink_to(len * 2);
+            m.dropped.retain(|_, (_, exp)| *exp > now_ms);
+            m.live.retain(|_, w| w.strong_count() > 0);
+            let (dropped, live) = (m.dropped.len(), m.live.len());
+            m.dropped.shrink_to(dropped * 2);
+            m.live.shrink_to(live * 2);
+        }
+    }
+}
+
+impl MemorySessions {
+    fn forget_live(&mut self, sess: &Arc<SocketSession>) {
+        if self
+            .live
+            .get(&sess.pid)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(sess)))
+        {
+            self.live.remove(&sess.pid);
         }
     }
 }
@@ -360,6 +388,29 @@ impl SessionStore {
 impl RedisSessions {
     fn key(&self, pid: &str) -> Vec<String> {
         vec![format!("{}:{{sess:{pid}}}", self.prefix)]
+    }
+
+    async fn write(
+        &self,
+        pid: &str,
+        owner: &str,
+        record: &Record,
+        ttl: Duration,
+        only_owner: bool,
+    ) {
+        let Ok(channels) = serde_json::to_string(&record.channels) else {
+            return;
+        };
+        let args = vec![
+            owner.to_owned(),
+            record.user.clone(),
+            channels,
+            (ttl.as_millis() as u64).max(1).to_string(),
+            if only_owner { "1" } else { "0" }.to_owned(),
+        ];
+        let _ = self
+            .call("session_save", &self.save, self.key(pid), args)
+            .await;
     }
 
     async fn call(
@@ -398,54 +449,79 @@ impl RedisSessions {
 mod tests {
     use super::*;
 
-    fn record(user: &str, channels: &[&str]) -> Record {
-        Record {
-            user: user.into(),
-            channels: channels
+    fn session(pid: &str, user: &str, channels: &[&str]) -> Arc<SocketSession> {
+        Arc::new(SocketSession::new(
+            pid.into(),
+            user,
+            channels
                 .iter()
                 .map(|c| SessionChannel::new(c, false, None, 1))
                 .collect(),
-        }
+        ))
     }
 
+    const W: Duration = Duration::from_secs(120);
+
     #[tokio::test]
-    async fn a_session_is_handed_only_to_its_user_within_its_window() {
+    async fn a_dropped_session_is_handed_only_to_its_user_within_its_window() {
         let s = SessionStore::in_memory();
-        let w = Duration::from_secs(120);
-        s.save("p1", "sid-a", &record("alice", &["c1"]), 0).await;
-        s.release("p1", "sid-a", &record("alice", &["c1"]), w, 1_000)
+        let a = session("p1", "alice", &["c1"]);
+        s.save(&a, "sid-a", &a.at_disconnect(&["c1"])).await;
+        s.release(&a, "sid-a", &a.at_disconnect(&["c1"]), W, 1_000)
             .await;
-        assert_eq!(s.take("p1", "mallory", "sid-m", w, 2_000).await, None);
-        assert_eq!(s.take("p1", "alice", "sid-b", w, 200_000).await, None);
-        let got = s.take("p1", "alice", "sid-b", w, 2_000).await.unwrap();
+        assert_eq!(s.take("p1", "mallory", "sid-m", W, 2_000).await, None);
+        assert_eq!(s.take("p1", "alice", "sid-b", W, 200_000).await, None);
+        let got = s.take("p1", "alice", "sid-b", W, 2_000).await.unwrap();
         assert_eq!(got.channels[0].channel, "c1");
-        assert_eq!(s.take("nope", "alice", "sid-b", w, 2_000).await, None);
+        assert_eq!(got.user, "alice");
+        // Taken once: gone.
+        assert_eq!(s.take("p1", "alice", "sid-c", W, 2_000).await, None);
+        assert_eq!(s.take("nope", "alice", "sid-b", W, 2_000).await, None);
     }
 
     #[tokio::test]
-    async fn a_lingering_old_socket_does_not_overwrite_the_resumed_session() {
+    async fn a_session_whose_drop_was_not_noticed_yet_is_resumed_and_the_old_socket_stays_quiet() {
         let s = SessionStore::in_memory();
-        let w = Duration::from_secs(120);
-        s.save("p1", "sid-a", &record("alice", &["c1"]), 0).await;
-        // The client resumed on sid-b (here or on another replica) and joined c2.
-        s.take("p1", "alice", "sid-b", w, 10).await.unwrap();
-        s.save("p1", "sid-b", &record("alice", &["c1", "c2"]), 20)
+        let old = session("p1", "alice", &["c1"]);
+        s.save(&old, "sid-a", &old.at_disconnect(&["c1"])).await;
+        assert_eq!(s.take("p1", "mallory", "sid-m", W, 10).await, None);
+        let got = s.take("p1", "alice", "sid-b", W, 10).await.unwrap();
+        assert_eq!(got.channels.len(), 1);
+        // The client resumed on sid-b and joined c2.
+        let new = session("p1", "alice", &["c1", "c2"]);
+        s.save(&new, "sid-b", &new.at_disconnect(&["c1", "c2"]))
             .await;
-        // sid-a's heartbeat finally times out.
-        s.release("p1", "sid-a", &record("alice", &["c1"]), w, 30)
+        // sid-a's heartbeat finally times out: it neither overwrites nor ends the session.
+        s.release(&old, "sid-a", &old.at_disconnect(&["c1"]), W, 30)
             .await;
-        s.remove("p1", "sid-a", 31).await;
-        let got = s.take("p1", "alice", "sid-c", w, 40).await.unwrap();
+        s.end(&old, "sid-a").await;
+        new.taken.load(Ordering::Acquire);
+        s.release(&new, "sid-b", &new.at_disconnect(&["c1", "c2"]), W, 40)
+            .await;
+        let got = s.take("p1", "alice", "sid-c", W, 50).await.unwrap();
         assert_eq!(got.channels.len(), 2);
     }
 
     #[tokio::test]
-    async fn a_session_left_on_purpose_is_gone() {
+    async fn a_session_ended_on_purpose_is_gone() {
         let s = SessionStore::in_memory();
-        let w = Duration::from_secs(120);
-        s.save("p1", "sid-a", &record("alice", &["c1"]), 0).await;
-        s.remove("p1", "sid-a", 1).await;
-        assert_eq!(s.take("p1", "alice", "sid-b", w, 2).await, None);
+        let a = session("p1", "alice", &["c1"]);
+        s.save(&a, "sid-a", &a.at_disconnect(&["c1"])).await;
+        s.end(&a, "sid-a").await;
+        assert_eq!(s.take("p1", "alice", "sid-b", W, 2).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_live_session_costs_a_reference_and_is_swept_with_its_socket() {
+        let s = SessionStore::in_memory();
+        let a = session("p1", "alice", &["c1"]);
+        s.save(&a, "sid-a", &a.at_disconnect(&["c1"])).await;
+        drop(a);
+        s.sweep(0);
+        let SessionStore::Memory(m) = &s else {
+            unreachable!()
+        };
+        assert!(lock(m).live.is_empty());
     }
 
     #[test]
@@ -459,13 +535,14 @@ mod tests {
 
     #[test]
     fn the_record_after_a_disconnect_keeps_only_the_channels_still_joined() {
-        let s = SocketSession::new(new_pid(), Vec::new());
-        s.joined("u", SessionChannel::new("a", true, None, 1));
-        s.joined("u", SessionChannel::new("b", false, None, 2));
-        let r = s.at_disconnect("u", &["b"]);
+        let s = SocketSession::new(new_pid(), "u", Vec::new());
+        assert!(s.is_empty());
+        s.joined(SessionChannel::new("a", true, None, 1));
+        s.joined(SessionChannel::new("b", false, None, 2));
+        let r = s.at_disconnect(&["b"]);
         assert_eq!(r.channels.len(), 1);
         assert_eq!(r.channels[0].channel, "b");
-        let r = s.left("u", "a");
+        let r = s.left("a");
         assert_eq!(r.channels.len(), 1);
     }
 

@@ -155,7 +155,6 @@ pub async fn entering<A: Adapter>(
 pub async fn entered<A: Adapter>(
     s: &SocketRef<A>,
     st: &AppState,
-    claims: &Claims,
     channel: &str,
     host: bool,
     entering: Entering,
@@ -167,10 +166,10 @@ pub async fn entered<A: Adapter>(
             Ok(at) => SessionChannel::new(channel, host, at.as_ref(), now),
             Err(Unavailable) => SessionChannel::unknown(channel, host, now),
         };
-        let record = sess.joined(&claims.user_id, joined);
+        let record = sess.joined(joined);
         st.history
             .sessions()
-            .save(&sess.pid, &s.id.to_string(), &record, now)
+            .save(&sess, &s.id.to_string(), &record)
             .await;
     }
     if !request.wants() {
@@ -220,12 +219,12 @@ pub async fn read_reply(st: &AppState, channel: &str, request: &HistoryRequest) 
 }
 
 /// Call when the socket left a channel (by `leave`).
-pub async fn left<A: Adapter>(s: &SocketRef<A>, st: &AppState, claims: &Claims, channel: &str) {
+pub async fn left<A: Adapter>(s: &SocketRef<A>, st: &AppState, channel: &str) {
     if let Some(sess) = session(s) {
-        let record = sess.left(&claims.user_id, channel);
+        let record = sess.left(channel);
         st.history
             .sessions()
-            .save(&sess.pid, &s.id.to_string(), &record, unix_millis())
+            .save(&sess, &s.id.to_string(), &record)
             .await;
     }
 }
@@ -233,16 +232,11 @@ pub async fn left<A: Adapter>(s: &SocketRef<A>, st: &AppState, claims: &Claims, 
 /// Call from the disconnect handler, while the socket's rooms are still readable: keeps the
 /// session for the recovery window when the client may come back, forgets it when it left on
 /// purpose.
-pub async fn disconnected<A: Adapter>(
-    s: &SocketRef<A>,
-    st: &AppState,
-    claims: &Claims,
-    reason: DisconnectReason,
-) {
+pub async fn disconnected<A: Adapter>(s: &SocketRef<A>, st: &AppState, reason: DisconnectReason) {
     let Some(sess) = session(s) else {
         return;
     };
-    if crate::state::lock(&sess.channels).is_empty() {
+    if sess.is_empty() {
         // Nothing to restore, and never stored.
         return;
     }
@@ -259,7 +253,7 @@ pub async fn disconnected<A: Adapter>(
                 | DisconnectReason::ClosingServer
         );
     if !recoverable {
-        sessions.remove(&sess.pid, &owner, now).await;
+        sessions.end(&sess, &owner).await;
         return;
     }
     let rooms = s.rooms();
@@ -267,11 +261,9 @@ pub async fn disconnected<A: Adapter>(
         .iter()
         .filter_map(|r| crate::protocol::channel_of(r))
         .collect();
-    let record = sess.at_disconnect(&claims.user_id, &still_in);
+    let record = sess.at_disconnect(&still_in);
     let window = Duration::from_secs(st.config().gateway.history.max_disconnection_seconds);
-    sessions
-        .release(&sess.pid, &owner, &record, window, now)
-        .await;
+    sessions.release(&sess, &owner, &record, window, now).await;
 }
 
 /// A channel a recovered socket is put back into.
@@ -367,21 +359,27 @@ pub async fn handshake<A: Adapter>(
                     host: c.host,
                 })
                 .collect();
-            s.extensions.insert(Arc::new(SocketSession::new(
+            let sess = Arc::new(SocketSession::new(
                 resume.pid.into(),
+                &claims.user_id,
                 record.channels,
-            )));
+            ));
+            sessions.save(&sess, &owner, &sess.current()).await;
+            s.extensions.insert(sess);
             s.extensions.insert(Arc::new(PendingReplay { plan }));
             return restored;
         }
         metrics.history_recovery("connection_state", "no_session_or_gap");
         // The old session will not be resumed: do not keep it for its TTL.
-        sessions.remove(&resume.pid, &owner, now).await;
+        sessions.discard(&resume.pid, &owner).await;
     }
     let pid = session::new_pid();
     s.set_connect_pid(pid.to_string());
-    s.extensions
-        .insert(Arc::new(SocketSession::new(pid, Vec::new())));
+    s.extensions.insert(Arc::new(SocketSession::new(
+        pid,
+        &claims.user_id,
+        Vec::new(),
+    )));
     Vec::new()
 }
 
