@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -210,6 +210,7 @@ pub async fn run(common: &Common, a: &Recover) -> anyhow::Result<serde_json::Val
 
     // The viewers.
     let mut viewers = JoinSet::new();
+    let (report, mut results) = mpsc::unbounded_channel();
     for n in 0..a.viewers {
         let user = format!("lr-{n}");
         let v = Viewer {
@@ -223,7 +224,7 @@ pub async fn run(common: &Common, a: &Recover) -> anyhow::Result<serde_json::Val
             joined: Arc::clone(&joined),
             positioned: Arc::clone(&positioned),
         };
-        viewers.spawn(v.run(phase_rx.clone()));
+        viewers.spawn(v.run(phase_rx.clone(), report.clone()));
     }
     wait_until(phase_timeout, || {
         joined.load(Ordering::Relaxed) >= a.viewers as u64 || viewers.len() < a.viewers
@@ -248,9 +249,17 @@ pub async fn run(common: &Common, a: &Recover) -> anyhow::Result<serde_json::Val
     ));
     // Every viewer must have a position before the drop.
     wait_until(phase_timeout, || {
-        positioned.load(Ordering::Relaxed) >= connected
+        positioned.load(Ordering::Relaxed) >= connected || sender.is_finished()
     })
     .await;
+    if sender.is_finished() {
+        let why = match sender.await {
+            Ok(Err(e)) => format!("{e:#}"),
+            other => format!("{other:?}"),
+        };
+        let _ = phase_tx.send(Phase::Done);
+        anyhow::bail!("the sender stopped: {why}");
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let head_at_drop = head.load(Ordering::Relaxed);
@@ -268,19 +277,19 @@ pub async fn run(common: &Common, a: &Recover) -> anyhow::Result<serde_json::Val
     let _ = phase_tx.send(Phase::Reconnect { target });
     eprintln!("recover: reconnecting to recover up to offset {target}");
 
+    // Viewers report as soon as they know, and stay connected until the end.
     let mut outcomes = Vec::with_capacity(a.viewers);
-    let collect = async {
-        while let Some(r) = viewers.join_next().await {
-            outcomes.push(r.unwrap_or_else(|e| Outcome::Failed(e.to_string())));
+    let deadline = tokio::time::Instant::now() + phase_timeout;
+    while outcomes.len() < a.viewers {
+        match tokio::time::timeout_at(deadline, results.recv()).await {
+            Ok(Some(o)) => outcomes.push(o),
+            Ok(None) | Err(_) => break,
         }
-    };
-    if tokio::time::timeout(phase_timeout, collect).await.is_err() {
-        viewers.abort_all();
-        while outcomes.len() < a.viewers {
-            outcomes.push(Outcome::Failed(
-                "did not finish in the phase timeout".into(),
-            ));
-        }
+    }
+    while outcomes.len() < a.viewers {
+        outcomes.push(Outcome::Failed(
+            "did not finish in the phase timeout".into(),
+        ));
     }
     let wall = reconnect_at.elapsed().as_secs_f64();
     let server_cpu_seconds = cpu_before.and_then(|before| {
@@ -290,6 +299,13 @@ pub async fn run(common: &Common, a: &Recover) -> anyhow::Result<serde_json::Val
     let _ = phase_tx.send(Phase::Done);
     stop_sender.cancel();
     let sent = sender.await.unwrap_or(Ok(0)).unwrap_or(0);
+    let closing = async { while viewers.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), closing)
+        .await
+        .is_err()
+    {
+        viewers.abort_all();
+    }
     if let Some(first) = outcomes.iter().find_map(|o| match o {
         Outcome::Failed(why) => Some(why),
         _ => None,
@@ -341,9 +357,24 @@ async fn send(
     let ns = endpoint.namespace.clone();
     let join = format!(r#"{{"channelName":"{channel}"}}"#);
     ws.send(Message::text(engineio::encode_event(
-        &ns, None, "join", &join,
+        &ns,
+        Some(JOIN_ACK),
+        "join",
+        &join,
     )))
     .await?;
+    // Chat only once the join is acknowledged: before it, chat is refused (not a member).
+    loop {
+        let Some(msg) = ws.next().await else {
+            anyhow::bail!("sender: connection closed before its join was answered");
+        };
+        let Message::Text(text) = msg? else { continue };
+        match engineio::decode(text.as_str()) {
+            Packet::Ack { id: JOIN_ACK, .. } => break,
+            Packet::Ping => ws.send(Message::text(engineio::PONG)).await?,
+            _ => {}
+        }
+    }
     let every = Duration::from_secs_f64(1.0 / rate.max(0.1));
     let mut tick = tokio::time::interval(every);
     let mut sent = 0u64;
@@ -391,10 +422,17 @@ struct Viewer {
 }
 
 impl Viewer {
-    async fn run(self, mut phase: watch::Receiver<Phase>) -> Outcome {
-        match self.watch_then_recover(&mut phase).await {
-            Ok(o) => o,
-            Err(e) => Outcome::Failed(format!("{e:#}")),
+    /// Sends its outcome on `report` once, as soon as it is known.
+    async fn run(self, mut phase: watch::Receiver<Phase>, report: mpsc::UnboundedSender<Outcome>) {
+        let mut reported = false;
+        let r = self
+            .watch_then_recover(&mut phase, &report, &mut reported)
+            .await;
+        if !reported {
+            let _ = report.send(match r {
+                Ok(o) => o,
+                Err(e) => Outcome::Failed(format!("{e:#}")),
+            });
         }
     }
 
@@ -415,6 +453,8 @@ impl Viewer {
     async fn watch_then_recover(
         &self,
         phase: &mut watch::Receiver<Phase>,
+        report: &mpsc::UnboundedSender<Outcome>,
+        reported: &mut bool,
     ) -> anyhow::Result<Outcome> {
         let ns = self.endpoint.namespace.clone();
         let (mut ws, reply) = self
@@ -550,6 +590,8 @@ impl Viewer {
                 }
             }
         };
+        let _ = report.send(outcome.clone());
+        *reported = true;
         // Stay connected until the run ends, as a viewer would.
         while !matches!(*phase.borrow_and_update(), Phase::Done) {
             tokio::select! {
