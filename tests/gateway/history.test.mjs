@@ -141,33 +141,66 @@ describe('history (default bounds)', () => {
     assert.equal((await nextEvent(back, 'chat:new')).offset, ack.offset + 2);
   });
 
-  test('an item recorded while the join reads history is delivered once, after the acknowledgement', async () => {
+  test('items recorded while a join reads history are delivered once, after the acknowledgement', async () => {
     const { channelName, sender } = await channelWithSender();
     await say(sender, channelName, 'one');
     const one = await nextEvent(sender, 'chat:new');
-    // A burst while a viewer joins with since: every item arrives exactly once, either in the
-    // acknowledgement or live after it, and no live item overtakes the acknowledgement.
-    const v = await connect(gw, user().token);
-    const seen = [];
-    v.onAny((event, payload) => { if (event === 'chat:new') seen.push(['live', payload.offset]); });
-    const burst = (async () => {
-      for (let i = 0; i < 30; i++) await say(sender, channelName, `burst ${i}`);
-    })();
-    await sleep(5);
-    const ack = await new Promise((resolve, reject) => {
-      v.timeout(5000).emit('join', { channelName, since: { offset: one.offset, epoch: one.epoch } }, (err, a) => {
+    // Five senders fire 40 messages each without waiting while eight viewers join with since:
+    // every item must reach every viewer exactly once, in the acknowledgement or live after it,
+    // and no live item may overtake the acknowledgement.
+    const senders = [];
+    for (let i = 0; i < 5; i++) {
+      const s = await connect(gw, user().token);
+      await join(s, channelName);
+      senders.push(s);
+    }
+    // Three rounds: each round's joins race a new burst.
+    let from = one.offset;
+    for (let round = 0; round < 3; round++) from = await joinsDuringBurst(channelName, senders, from);
+  });
+
+  async function joinsDuringBurst(channelName, senders, from) {
+    const one = { offset: from, epoch: (await channelHead(channelName)).epoch };
+    const viewers = [];
+    for (let i = 0; i < 8; i++) viewers.push(await connect(gw, user().token));
+    const total = 200;
+    const seen = viewers.map(() => []);
+    viewers.forEach((v, k) => v.onAny((event, payload) => {
+      if (event === 'chat:new') seen[k].push(['live', payload.offset]);
+    }));
+    const acks = viewers.map((v, k) => new Promise((resolve, reject) => {
+      v.timeout(10_000).emit('join', { channelName, since: { offset: one.offset, epoch: one.epoch } }, (err, a) => {
         if (err) return reject(err);
-        seen.push(['ack', a.items.map((i) => i.data.offset)]);
+        seen[k].push(['ack', a.items.map((i) => i.data.offset)]);
         return resolve(a);
       });
+    }));
+    for (let n = 0; n < total / senders.length; n++) {
+      for (const s of senders) s.emit('chat:send', { channelName, message: `burst ${n}` });
+      if (n % 10 === 0) await sleep(1);
+    }
+    for (const a of await Promise.all(acks)) assert.equal(a.recovered, true);
+    const expected = Array.from({ length: total }, (_, k) => from + 1 + k);
+    const deadline = Date.now() + 10_000;
+    while (seen.some((events) => events.flatMap(([kind, o]) => (kind === 'ack' ? o : [o])).length < total)
+      && Date.now() < deadline) await sleep(50);
+    await sleep(200);
+    seen.forEach((events, k) => {
+      assert.equal(events[0][0], 'ack', `viewer ${k}: nothing before the acknowledgement`);
+      const all = events.flatMap(([kind, o]) => (kind === 'ack' ? o : [o]));
+      assert.deepEqual([...all].sort((x, y) => x - y), expected, `viewer ${k}: each item exactly once`);
     });
-    await burst;
-    await sleep(300);
-    assert.equal(ack.recovered, true);
-    assert.equal(seen[0][0], 'ack', `nothing before the acknowledgement: ${JSON.stringify(seen)}`);
-    const all = seen.flatMap(([kind, o]) => (kind === 'ack' ? o : [o]));
-    assert.deepEqual(all, Array.from({ length: 30 }, (_, k) => one.offset + 1 + k));
-  });
+    for (const v of viewers) v.close();
+    return from + total;
+  }
+
+  /** The channel's head, from a throwaway join with history: 0. */
+  async function channelHead(channelName) {
+    const s = await connect(gw, user().token);
+    const ack = await emitAck(s, 'join', { channelName, history: 0 });
+    s.close();
+    return { offset: ack.offset, epoch: ack.epoch };
+  }
 
   test('a late joiner gets the newest items with history: N, oldest first', async () => {
     const { channelName, sender } = await channelWithSender();

@@ -1,5 +1,6 @@
 //! The room side of history: [`prepare`] is called for every delivery to a channel (from
-//! `realtime::emit_to_room`) and turns a history item into its recorded, stamped form.
+//! `realtime::emit_to_room`) and turns a history item into its recorded, stamped form, which
+//! the caller keeps until its broadcast is queued.
 
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ pub struct Delivery {
     /// With Connection State Recovery on: the item's position, sent as the last argument (the
     /// stock client keeps the last string argument as its recovery offset).
     pub recovery_arg: Option<String>,
+    /// Held until the broadcast is queued: see `History::order`.
+    _order: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Records a history item and returns how to deliver it; `None` for a live-only event, or when
@@ -45,6 +48,7 @@ pub async fn prepare<T: Serialize + ?Sized>(
         // Only noted as unrecorded; nothing is stored.
         String::new()
     };
+    let order = st.history.order(channel).await;
     let stamped = st
         .history
         .record(channel, event, &json, &limits, unix_millis())
@@ -57,5 +61,6 @@ pub async fn prepare<T: Serialize + ?Sized>(
     Some(Delivery {
         payload: stamped.payload,
         recovery_arg,
+        _order: order,
     })
 }

@@ -24,6 +24,11 @@ pub const META_TTL_MS: u64 = 24 * 3600 * 1000;
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Per channel, held from recording an item until its local broadcast is queued, and while a
+    /// recovery reads the channel: so a read never sees an item whose broadcast is still to
+    /// come (it would reach a recovering socket twice). An async mutex, since the broadcast is
+    /// awaited.
+    order: Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -197,6 +202,15 @@ impl MemoryStore {
         let len = inner.channels.len();
         inner.channels.shrink_to(len * 2);
         inner.tails.retain(|_, tx| tx.receiver_count() > 0);
+        drop(inner);
+        // A lock nobody holds or waits for is one strong reference: the map's.
+        lock(&self.order).retain(|_, m| Arc::strong_count(m) > 1);
+    }
+
+    /// Orders recording-and-broadcasting against reads of `channel` (see [`MemoryStore::order`]).
+    pub async fn order(&self, channel: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.order).entry(channel.into()).or_default().clone();
+        m.lock_owned().await
     }
 
     /// Channels with a stream.
@@ -315,6 +329,29 @@ mod tests {
         s.sweep(&l, META_TTL_MS + 2);
         assert_eq!(s.channels(), 0);
         assert_eq!(s.head("a", 0), Err(Unavailable));
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_a_recorded_item_to_be_broadcast() {
+        let s = Arc::new(MemoryStore::default());
+        let l = limits(10);
+        let publishing = s.order("a").await;
+        s.record("a", "chat:new", "{}", &l, 1);
+        let reader = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let _order = s.order("a").await;
+                s.since("a", 0, &limits(10)).items.len()
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!reader.is_finished(), "the read waits for the broadcast");
+        // Another channel is not ordered with it.
+        drop(s.order("b").await);
+        drop(publishing);
+        assert_eq!(reader.await.unwrap(), 1);
+        s.sweep(&l, 2);
+        assert!(lock(&s.order).is_empty());
     }
 
     #[tokio::test]

@@ -299,6 +299,18 @@ impl History {
         }
     }
 
+    /// Orders this process's recording and broadcast of a channel's items against recovery
+    /// reads of it: hold the guard from `record` until the broadcast is queued, and while
+    /// reading for a recovery. In memory only: with Redis, items of other replicas arrive by
+    /// pub/sub anyway (docs/protocol.md, order across replicas), so it would not make reads exact
+    /// and would serialize each channel's broadcasts behind a Redis round trip.
+    pub async fn order(&self, channel: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.store {
+            Store::Memory(m) => Some(m.order(channel).await),
+            Store::Redis(_) => None,
+        }
+    }
+
     /// A live feed of the channel's new items (every replica's, with Redis), for watchers such
     /// as the admin console. Ends when the store stops.
     pub fn tail(&self, channel: &str) -> Tail {

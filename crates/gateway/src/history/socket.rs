@@ -139,6 +139,7 @@ pub async fn entering<A: Adapter>(
     let limits = limits(st);
     let held = request.wants() && limits.enabled();
     let at_join = if session(s).is_some() {
+        let _order = st.history.order(channel).await;
         // "No stream" is a fine answer now: the socket joins now.
         st.history.head(channel, &limits, u64::MAX).await
     } else {
@@ -187,6 +188,7 @@ pub async fn read_reply(st: &AppState, channel: &str, request: &HistoryRequest) 
     let now = unix_millis();
     let metrics = st.history.metrics();
     let mut reply = JoinReply::default();
+    let _order = st.history.order(channel).await;
     if let Some(since) = &request.since {
         let outcome = match st.history.since(channel, since, &limits).await {
             Ok(w) => {
@@ -445,7 +447,11 @@ pub async fn replay<A: Adapter>(s: &SocketRef<A>, st: &AppState) {
         let Some(since) = since else {
             continue;
         };
-        let window = match st.history.since(channel, since, &limits).await {
+        let read = {
+            let _order = st.history.order(channel).await;
+            st.history.since(channel, since, &limits).await
+        };
+        let window = match read {
             Ok(w) => w,
             Err(Unavailable) => {
                 metrics.history_recovery("connection_state", "no_history");
