@@ -404,12 +404,27 @@ export async function join(socket, channelName, { role, others = [] } = {}) {
 }
 
 /** Asserts an event payload: `timestamp` is an integer in ms within [since - 1 s, now + 1 s],
- * and everything else deep-equals `expected`. */
+ * a history position (`offset`, `epoch`), when present, is well formed, and everything else
+ * deep-equals `expected`. */
 export function assertEvent(payload, expected, since) {
   assert.ok(payload && typeof payload === 'object', `expected an object payload, got ${JSON.stringify(payload)}`);
-  const { timestamp, ...rest } = payload;
+  const { timestamp, offset, epoch, ...rest } = payload;
   assert.deepEqual(rest, expected);
   assertTimestamp(timestamp, since);
+  if (offset !== undefined || epoch !== undefined) assertPosition({ offset, epoch });
+}
+
+/** Checks a history item's position and returns the payload without it. */
+export function withoutPosition(payload) {
+  const { offset, epoch, ...rest } = payload;
+  assertPosition({ offset, epoch });
+  return rest;
+}
+
+/** A history position: a positive integer offset and a non-empty epoch string. */
+export function assertPosition({ offset, epoch }) {
+  assert.ok(Number.isInteger(offset) && offset > 0, `offset must be a positive integer, got ${offset}`);
+  assert.ok(typeof epoch === 'string' && epoch.length > 0, `epoch must be a string, got ${epoch}`);
 }
 
 export function assertTimestamp(ts, since) {

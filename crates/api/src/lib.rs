@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub presence: Presence,
     /// Token lifecycle on live connections.
     pub auth: Auth,
+    /// Channel history: offsets, recovery on reconnect, the late joiner's recent items.
+    pub history: History,
 }
 
 /// Per-user limits over a fixed one-minute window that starts with the user's first event, and
@@ -207,6 +209,50 @@ impl Default for Auth {
     }
 }
 
+/// Channel history (see docs/protocol.md, "History and recovery"). Every chat, gift, moderation
+/// notice and backend `system:event` delivered to a channel gets a strictly increasing `offset`
+/// in that channel's stream (named by its `epoch`) and is kept for recovery: a client that
+/// reconnects asks for what it missed, a late joiner for the recent items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct History {
+    /// Items kept per channel (default 200). `0` turns history off: no offsets, no recovery.
+    /// A `join` asking for more recent items than this gets this many.
+    #[schemars(range(min = 0, max = 10_000))]
+    pub max_items: u32,
+    /// How long an item is kept, in seconds (default 600).
+    #[schemars(range(min = 1, max = 86_400))]
+    pub max_age_seconds: u64,
+    /// Without Redis: channels whose history one gateway keeps (default 5000). Past it, the
+    /// channel written to least recently is forgotten (its recoveries answer `recovered: false`).
+    /// With Redis, history lives in Redis and expires by `maxAgeSeconds`.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_channels: u32,
+    /// Socket.IO Connection State Recovery for the stock `socket.io-client` (default true): the
+    /// CONNECT reply carries a private session id, every history item carries its position as a
+    /// last argument, and a client that reconnects within `maxDisconnectionSeconds` gets its
+    /// channels and the items it missed back, with `socket.recovered === true`.
+    pub connection_state_recovery: bool,
+    /// How long after a disconnection its session can be recovered, in seconds (default 120).
+    #[schemars(range(min = 1, max = 3600))]
+    pub max_disconnection_seconds: u64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            max_items: 200,
+            max_age_seconds: 600,
+            max_channels: 5000,
+            connection_state_recovery: true,
+            max_disconnection_seconds: 120,
+        }
+    }
+}
+
+/// Upper bound of `history.maxItems`.
+pub const MAX_HISTORY_ITEMS: u32 = 10_000;
+
 /// Why a configuration was refused. The gateway keeps its last good config when it sees one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -341,6 +387,30 @@ impl GatewayConfig {
             0,
             MAX_EXPIRING_NOTICE_SECONDS,
         )?;
+        range(
+            "history.maxItems",
+            self.history.max_items,
+            0,
+            MAX_HISTORY_ITEMS,
+        )?;
+        range(
+            "history.maxAgeSeconds",
+            self.history.max_age_seconds,
+            1,
+            86_400,
+        )?;
+        range(
+            "history.maxChannels",
+            self.history.max_channels,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "history.maxDisconnectionSeconds",
+            self.history.max_disconnection_seconds,
+            1,
+            3600,
+        )?;
         if let Some(role) = self
             .moderation
             .admin_roles
@@ -432,6 +502,10 @@ mod tests {
         assert_eq!(c.presence.batch_threshold, 200);
         assert_eq!(c.presence.batch_interval_ms, 1000);
         assert_eq!(c.auth.expiring_notice_seconds, 60);
+        assert_eq!(c.history.max_items, 200);
+        assert_eq!(c.history.max_age_seconds, 600);
+        assert!(c.history.connection_state_recovery);
+        assert_eq!(c.history.max_disconnection_seconds, 120);
     }
 
     #[test]
@@ -455,6 +529,22 @@ mod tests {
         );
         assert_eq!(parse_origin_list(" * ").unwrap(), vec!["*"]);
         assert!(parse_origin_list("*,https://a.example").is_err());
+    }
+
+    #[test]
+    fn history_bounds_are_checked_and_zero_items_turns_it_off() {
+        let c = GatewayConfig::from_yaml("history: {maxItems: 0}").unwrap();
+        assert_eq!(c.history.max_items, 0);
+        assert!(GatewayConfig::from_yaml("history: {maxItems: 10001}").is_err());
+        assert!(GatewayConfig::from_yaml("history: {maxAgeSeconds: 0}").is_err());
+        assert!(GatewayConfig::from_yaml("history: {maxChannels: 0}").is_err());
+        assert!(GatewayConfig::from_yaml("history: {maxDisconnectionSeconds: 3601}").is_err());
+        let c = GatewayConfig::from_yaml(
+            "history: {maxItems: 50, maxAgeSeconds: 60, connectionStateRecovery: false}",
+        )
+        .unwrap();
+        assert_eq!(c.history.max_items, 50);
+        assert!(!c.history.connection_state_recovery);
     }
 
     #[test]

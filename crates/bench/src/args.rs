@@ -72,6 +72,16 @@ pub struct Common {
     /// `taskset -c 1`).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+
+    /// Switch the gateway's channel history on or off before the run, by rewriting
+    /// `history.maxItems` in its hot-reloaded config file (`--gateway-config`); the run starts
+    /// once a probe sees the gateway do it. Without it, the report still says which was measured.
+    #[arg(long, global = true, value_enum, requires = "gateway_config")]
+    pub history: Option<crate::history::Switch>,
+
+    /// The config file the gateway runs with (`live-gateway --config FILE`).
+    #[arg(long, global = true)]
+    pub gateway_config: Option<PathBuf>,
 }
 
 /// The scenarios of issue 6.
@@ -88,6 +98,40 @@ pub enum Scenario {
     /// Abuse: each attack of issue 11 for a bounded time while honest members chat; the
     /// server's RSS growth and the honest members' p99 and delivery ratio per attack.
     Abuse(crate::abuse::Abuse),
+    /// Recovery: viewers of one channel drop at once, chat goes on for a gap, they reconnect
+    /// and recover it; time until all recovered and items per viewer.
+    Recover(Recover),
+}
+
+/// How recovering viewers get what they missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// Socket.IO Connection State Recovery (`pid` and `offset` in the reconnect's auth): what
+    /// the stock client does.
+    Csr,
+    /// A fresh connection and `join {channelName, since}`.
+    Join,
+}
+
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct Recover {
+    /// Viewers of the one channel.
+    #[arg(long, default_value_t = 1_000)]
+    pub viewers: usize,
+    /// Seconds between the drop and the reconnect.
+    #[arg(long, default_value_t = 5)]
+    pub gap_secs: u64,
+    /// Chat messages per second into the channel, from one sender, before, during and after
+    /// the gap.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    #[arg(long, value_enum, default_value_t = Via::Csr)]
+    pub via: Via,
+    /// Reconnect to this gateway instead (another replica on the same Redis), as a load
+    /// balancer may send a reconnection elsewhere.
+    #[arg(long)]
+    pub reconnect_server: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -176,7 +220,17 @@ impl Args {
             .enable_all()
             .build()?;
         let json_out = self.common.json_out.clone();
-        let report = runtime.block_on(run::run(self.common, self.scenario))?;
+        let report = runtime.block_on(async {
+            let history = history_for_run(&self.common).await?;
+            let mut report = match &self.scenario {
+                Scenario::Recover(a) => crate::recover::run(&self.common, a).await?,
+                scenario => {
+                    serde_json::to_value(run::run(self.common.clone(), scenario.clone()).await?)?
+                }
+            };
+            report["history"] = serde_json::json!(history);
+            anyhow::Ok(report)
+        })?;
         let json = serde_json::to_string_pretty(&report)?;
         println!("{json}");
         if let Some(path) = json_out {
@@ -186,6 +240,46 @@ impl Args {
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         Ok(())
     }
+}
+
+/// Switches history when asked, then reports what the gateway does: `on`, `off`, or `unknown`
+/// when the probe could not tell (a failed switch stops the run instead).
+async fn history_for_run(common: &Common) -> anyhow::Result<&'static str> {
+    let secret = common
+        .jwt_secret
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--jwt-secret (or JWT_SECRET) is required"))?;
+    let exp = crate::client::unix_micros() / 1_000_000 + 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"userId": "lb-probe", "username": "lb-probe", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?;
+    let endpoint = crate::history::Endpoint {
+        server: common.server,
+        url: format!(
+            "ws://{}{}/?EIO=4&transport=websocket",
+            common.server,
+            common.path.trim_end_matches('/')
+        ),
+        namespace: common.namespace.clone(),
+        connect_timeout: std::time::Duration::from_secs(common.connect_timeout_secs),
+    };
+    let channel = format!("{}-probe", common.channel_prefix);
+    if let (Some(switch), Some(config)) = (common.history, &common.gateway_config) {
+        crate::history::switch(config, switch, &endpoint, &token, &channel).await?;
+        eprintln!("history {switch:?}: confirmed by a probe");
+    }
+    Ok(
+        match crate::history::probe(&endpoint, &token, &channel).await {
+            Ok(true) => "on",
+            Ok(false) => "off",
+            Err(e) => {
+                eprintln!("history probe failed: {e:#}");
+                "unknown"
+            }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -224,6 +318,35 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_recover_defaults_are_a_thousand_viewers_and_a_five_second_gap() {
+        let a = Args::try_parse_from(["live-bench", "recover"]).expect("parses");
+        let Scenario::Recover(r) = a.scenario else {
+            panic!("not recover");
+        };
+        assert_eq!((r.viewers, r.gap_secs, r.via), (1_000, 5, Via::Csr));
+        let a = Args::try_parse_from(["live-bench", "recover", "--via", "join"]).expect("parses");
+        assert!(matches!(
+            a.scenario,
+            Scenario::Recover(Recover { via: Via::Join, .. })
+        ));
+    }
+
+    #[test]
+    fn history_can_be_switched_for_any_scenario_given_the_gateway_config() {
+        let a = Args::try_parse_from([
+            "live-bench",
+            "fanout",
+            "--history",
+            "off",
+            "--gateway-config",
+            "/tmp/g.yaml",
+        ])
+        .expect("parses");
+        assert_eq!(a.common.history, Some(crate::history::Switch::Off));
+        assert!(Args::try_parse_from(["live-bench", "idle", "--history", "on"]).is_err());
     }
 
     #[test]

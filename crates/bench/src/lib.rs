@@ -7,15 +7,19 @@
 //! `stats` (percentiles), `search` (the saturation step-up), `report` (the summary) and `procfs` (the server's RSS and CPU time). The IO shell is `client`
 //! (one task per connection) and `run` (the scenarios: phases, progress and the JSON report).
 //! `args` turns the command line into a scenario and a runtime. `abuse` runs the attacks of
-//! issue 11 against a gateway while honest members chat.
+//! issue 11 against a gateway while honest members chat. `history` switches the gateway's
+//! channel history on or off for a run and probes which it is; `recover` is the scenario of
+//! viewers recovering a gap after a mass reconnect.
 
 pub mod abuse;
 pub mod args;
 pub mod client;
 pub mod engineio;
+pub mod history;
 pub mod pacing;
 pub mod plan;
 pub mod procfs;
+pub mod recover;
 pub mod report;
 pub mod run;
 pub mod search;

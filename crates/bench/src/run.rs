@@ -36,6 +36,7 @@ pub async fn run(common: Common, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Saturate(a) => saturate(&common, a).await?,
         Scenario::JoinStorm(a) => join_storm(&common, a).await?,
         Scenario::Abuse(a) => crate::abuse::run(&common, a).await?,
+        Scenario::Recover(_) => anyhow::bail!("the recover scenario runs in recover::run"),
     };
     report.bench_cpu_seconds = procfs::ticks_to_secs(
         procfs::read_cpu_ticks(None)

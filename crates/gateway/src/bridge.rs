@@ -18,6 +18,7 @@ use socketioxide::operators::BroadcastOperators;
 
 use crate::auth::{AuthError, Claims, Purpose, bearer};
 use crate::error::{Error, Result};
+use crate::history::Retention::{History, LiveOnly};
 use crate::protocol::{self, outbound};
 use crate::realtime::{self, NAMESPACE};
 use crate::sanitize::{self, escape};
@@ -236,7 +237,8 @@ async fn publish<A: Adapter>(
                     qty: g.qty,
                     timestamp: timestamp(&o)?,
                 };
-                realtime::emit_to_room(ops, st, outbound::GIFT, "gift", &out).await;
+                realtime::emit_to_room(ops, st, channel, History, outbound::GIFT, "gift", &out)
+                    .await;
             }
             "presence" => {
                 let delta = match o.get("delta").and_then(Value::as_i64) {
@@ -256,7 +258,16 @@ async fn publish<A: Adapter>(
                     username: Some(username.as_deref()),
                     timestamp: unix_millis(),
                 };
-                realtime::emit_to_room(ops, st, outbound::PRESENCE, "presence", &out).await;
+                realtime::emit_to_room(
+                    ops,
+                    st,
+                    channel,
+                    LiveOnly,
+                    outbound::PRESENCE,
+                    "presence",
+                    &out,
+                )
+                .await;
             }
             "system" => {
                 match o.get("type") {
@@ -272,7 +283,13 @@ async fn publish<A: Adapter>(
                 let mut out = Value::Object(o.clone());
                 sanitize::escape_json_strings(&mut out);
                 out["timestamp"] = json!(ts);
-                realtime::emit_to_room(ops, st, outbound::SYSTEM, "system", &out).await;
+                // The history position is the gateway's to set.
+                if let Some(o) = out.as_object_mut() {
+                    o.remove("offset");
+                    o.remove("epoch");
+                }
+                realtime::emit_to_room(ops, st, channel, History, outbound::SYSTEM, "system", &out)
+                    .await;
             }
             "chat" => {
                 let user_id = required_str(&o, "userId")?;
@@ -298,7 +315,8 @@ async fn publish<A: Adapter>(
                     message: &message,
                     timestamp: timestamp(&o)?,
                 };
-                realtime::emit_to_room(ops, st, outbound::CHAT, "chat", &out).await;
+                realtime::emit_to_room(ops, st, channel, History, outbound::CHAT, "chat", &out)
+                    .await;
             }
             "moderation" => {
                 let by = required_str(&o, "by")?;
@@ -324,8 +342,16 @@ async fn publish<A: Adapter>(
                     metrics: &metrics,
                     timestamp: unix_millis(),
                 };
-                realtime::emit_to_room(ops, st, outbound::METRICS_UPDATE, "metrics_update", &out)
-                    .await;
+                realtime::emit_to_room(
+                    ops,
+                    st,
+                    channel,
+                    LiveOnly,
+                    outbound::METRICS_UPDATE,
+                    "metrics_update",
+                    &out,
+                )
+                .await;
             }
             _ => return Err(Error::Startup(format!("unknown bridge route {route}"))),
         }

@@ -46,6 +46,8 @@ pub enum Error {
     InvalidReason,
     #[error("moderation rate limit exceeded")]
     ModerationRateLimited,
+    #[error("invalid `since` or `history` in join")]
+    InvalidHistory,
     #[error("authentication failed: {0}")]
     Unauthorized(#[from] AuthError),
     #[error("auth:refresh with a token for another user")]
@@ -87,6 +89,7 @@ impl Error {
             Self::TooManyEvents => "too_many_events",
             Self::HostNotAllowed => "host_not_allowed",
             Self::InvalidReason => "invalid_reason",
+            Self::InvalidHistory => "invalid_history",
             Self::Unauthorized(_) => "unauthorized",
             Self::UserMismatch => "user_mismatch",
             Self::InvalidJson(_) => "invalid_json",
@@ -121,6 +124,7 @@ impl Error {
             Self::HostNotAllowed => "Not allowed to join as host".into(),
             Self::InvalidReason => "Invalid moderation reason".into(),
             Self::ModerationRateLimited => "Rate limit exceeded for moderation".into(),
+            Self::InvalidHistory => "Invalid history request".into(),
             Self::Unauthorized(_) => "unauthorized".into(),
             Self::UserMismatch => "The new token is for another user".into(),
             Self::InvalidJson(m) => format!("Invalid JSON body: {m}"),

@@ -11,7 +11,8 @@
 //! connections), [`ratelimit`], [`budget`] (events per connection), [`moderation`] (mutes),
 //! [`trust`] (host and moderator rights), [`sanitize`], [`presence`] (coalescing for large
 //! rooms), [`churn`] (join/leave damping), [`client_ip`] (sources behind proxies),
-//! [`logsample`]. [`cluster`] runs many replicas as one. Shared state is [`state::AppState`];
+//! [`logsample`]. [`history`] keeps each channel's recent items for recovery on reconnect.
+//! [`cluster`] runs many replicas as one. Shared state is [`state::AppState`];
 //! configuration and its hot reload are in
 //! [`config`]; every metric is defined in [`metrics`]; every error in [`error`].
 
@@ -30,6 +31,7 @@ pub mod handshake;
 pub mod listener;
 pub mod logsample;
 pub mod lifecycle;
+pub mod history;
 pub mod metrics;
 pub mod moderation;
 pub mod presence;

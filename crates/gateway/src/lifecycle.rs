@@ -470,7 +470,17 @@ pub async fn disconnect_user<A: Adapter>(
         message: "Disconnected by the server",
         timestamp: unix_millis(),
     };
-    crate::realtime::emit_to_room(ops.clone(), st, REVOKED, "auth_revoked", &payload).await;
+    // A user's room is no channel: nothing is recorded in history.
+    crate::realtime::emit_to_room(
+        ops.clone(),
+        st,
+        "",
+        crate::history::Retention::LiveOnly,
+        REVOKED,
+        "auth_revoked",
+        &payload,
+    )
+    .await;
     st.metrics.token_event("revoked");
     if let Err(e) = ops.disconnect().await {
         // Sockets already gone or a full queue for some: the rest are disconnected.

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub jwt_keys: IntGaugeVec,
     pub jwt_key_reloads: IntCounterVec,
     pub token_events: IntCounterVec,
+    pub history_records: IntCounterVec,
+    pub history_recoveries: IntCounterVec,
+    pub history_replayed: IntCounter,
+    pub history_channels: IntGauge,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -210,6 +214,32 @@ impl Metrics {
             "Mutes evicted because their channel held moderation.maxMutesPerChannel",
         )
         .expect("static metric definition");
+        let history_records = IntCounterVec::new(
+            Opts::new(
+                "live_history_records_total",
+                "History items delivered to channels, by result: recorded, unrecorded (the store was unavailable; the channel's stream is renewed), disabled (history.maxItems 0)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let history_recoveries = IntCounterVec::new(
+            Opts::new(
+                "live_history_recoveries_total",
+                "Recovery attempts, by way (join, connection_state) and result (recovered, or why not)",
+            ),
+            &["via", "result"],
+        )
+        .expect("static metric definition");
+        let history_replayed = IntCounter::new(
+            "live_history_replayed_items_total",
+            "History items sent to recovering clients",
+        )
+        .expect("static metric definition");
+        let history_channels = IntGauge::new(
+            "live_history_channels",
+            "Channels whose history this gateway keeps in memory (0 with Redis)",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("live_build_info", "Build information; always 1"),
             &["version"],
@@ -244,6 +274,10 @@ impl Metrics {
             Box::new(jwt_keys.clone()),
             Box::new(jwt_key_reloads.clone()),
             Box::new(token_events.clone()),
+            Box::new(history_records.clone()),
+            Box::new(history_recoveries.clone()),
+            Box::new(history_replayed.clone()),
+            Box::new(history_channels.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -277,6 +311,10 @@ impl Metrics {
             jwt_keys,
             jwt_key_reloads,
             token_events,
+            history_records,
+            history_recoveries,
+            history_replayed,
+            history_channels,
         }
     }
 
@@ -342,6 +380,13 @@ impl Metrics {
     /// Counts a token lifecycle event (a fixed set of names).
     pub fn token_event(&self, event: &'static str) {
         self.token_events.with_label_values(&[event]).inc();
+    }
+
+    /// Counts a recovery attempt; both labels come from fixed sets.
+    pub fn history_recovery(&self, via: &'static str, result: &'static str) {
+        self.history_recoveries
+            .with_label_values(&[via, result])
+            .inc();
     }
 
     /// Counts a refusal or error by its stable code.
@@ -414,6 +459,8 @@ mod tests {
             "ws_rooms_active",
             "ws_room_size",
             "live_build_info",
+            "live_history_replayed_items_total",
+            "live_history_channels",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::history::Position;
+use crate::history::socket::HistoryRequest;
 
 /// Event names, client → server.
 pub mod inbound {
@@ -91,11 +93,13 @@ pub enum Role {
     Viewer,
 }
 
-/// `join {channelName, role?}`.
+/// `join {channelName, role?, since?: {offset, epoch}, history?: N}`.
 #[derive(Debug, PartialEq)]
 pub struct Join<'a> {
     pub channel: &'a str,
     pub role: Role,
+    /// What the join asks of the channel's history.
+    pub history: HistoryRequest,
 }
 
 pub fn parse_join(v: &Value) -> Result<Join<'_>> {
@@ -106,7 +110,34 @@ pub fn parse_join(v: &Value) -> Result<Join<'_>> {
         Some(Value::String(r)) if r == "host" => Role::Host,
         Some(_) => return Err(Error::InvalidRole),
     };
-    Ok(Join { channel, role })
+    let since = match v.get("since") {
+        None | Some(Value::Null) => None,
+        Some(s) => {
+            let offset = s.get("offset").and_then(Value::as_u64);
+            let epoch = s
+                .get("epoch")
+                .and_then(Value::as_str)
+                .filter(|e| crate::history::valid_epoch(e));
+            match (offset, epoch) {
+                (Some(o), Some(e)) => Some(Position::new(e.into(), o)),
+                _ => return Err(Error::InvalidHistory),
+            }
+        }
+    };
+    let history = match v.get("history") {
+        None | Some(Value::Null) => None,
+        // Any count is accepted and capped at `history.maxItems`.
+        Some(n) => Some(
+            n.as_u64()
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .ok_or(Error::InvalidHistory)?,
+        ),
+    };
+    Ok(Join {
+        channel,
+        role,
+        history: HistoryRequest { since, history },
+    })
 }
 
 /// The message of a `chat:send`, checked for type and length (in characters, before
@@ -359,6 +390,39 @@ mod tests {
             parse_join(&json!({"channelName": "c", "role": 1})),
             Err(Error::InvalidRole)
         ));
+    }
+
+    #[test]
+    fn join_reads_since_and_history_and_refuses_malformed_ones() {
+        let v = json!({"channelName": "c", "since": {"offset": 4, "epoch": "ab12"}, "history": 50});
+        let j = parse_join(&v).unwrap();
+        assert_eq!(j.history.since, Some(Position::new("ab12".into(), 4)));
+        assert_eq!(j.history.history, Some(50));
+        let j = parse_join(&json!({"channelName": "c", "history": 1e12})).unwrap_err();
+        assert!(matches!(j, Error::InvalidHistory));
+        let big = json!({"channelName": "c", "history": 99_999_999_999u64});
+        let j = parse_join(&big).unwrap();
+        assert_eq!(j.history.history, Some(u32::MAX));
+        assert!(
+            !parse_join(&json!({"channelName": "c"}))
+                .unwrap()
+                .history
+                .wants()
+        );
+        for bad in [
+            json!({"channelName": "c", "since": 5}),
+            json!({"channelName": "c", "since": {"offset": -1, "epoch": "ab"}}),
+            json!({"channelName": "c", "since": {"offset": 1}}),
+            json!({"channelName": "c", "since": {"offset": 1, "epoch": "a b"}}),
+            json!({"channelName": "c", "since": {"offset": 1, "epoch": ""}}),
+            json!({"channelName": "c", "history": -1}),
+            json!({"channelName": "c", "history": "10"}),
+        ] {
+            assert!(
+                matches!(parse_join(&bad), Err(Error::InvalidHistory)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

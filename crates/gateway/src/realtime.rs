@@ -21,6 +21,9 @@ use crate::budget::Verdict;
 use crate::churn::Decision;
 use crate::error::{Error, Result};
 use crate::handshake;
+use crate::history::Retention::{History, LiveOnly};
+use crate::history::socket::JoinReply;
+use crate::history::{self, Retention};
 use crate::presence::Announce;
 use crate::protocol::{self, Action, Role, inbound, outbound};
 use crate::ratelimit::Kind;
@@ -66,13 +69,18 @@ pub async fn authenticate<A: Adapter>(
     match outcome {
         Ok(claims) => {
             crate::lifecycle::on_authenticated(&s, &state, &claims);
+            // A Socket.IO Connection State Recovery resume: the channels to put the socket back
+            // into before its CONNECT reply (its broadcasts are held until the replay).
+            let restored =
+                history::socket::handshake(&s, &state, &claims, auth.as_ref().ok()).await;
             let session = Session::new(
                 claims,
                 Instant::now(),
                 config.gateway.rate_limits.event_burst,
             );
             s.extensions.insert(session.claims());
-            s.extensions.insert(Arc::new(session));
+            let session = Arc::new(session);
+            s.extensions.insert(Arc::clone(&session));
             state
                 .metrics
                 .connections
@@ -83,6 +91,16 @@ pub async fn authenticate<A: Adapter>(
             // right after connecting could otherwise beat the registration and lose its event.
             // The middleware is awaited before CONNECT is sent.
             register_handlers(&s, &state);
+            let max = config.gateway.limits.max_channels_per_socket;
+            for r in restored {
+                // The recovered session was bounded by the same limit when it was saved; a
+                // lowered limit keeps the first channels.
+                if session.add(&r.channel, max).is_err() {
+                    continue;
+                }
+                let role = if r.host { Role::Host } else { Role::Viewer };
+                enter_channel(&s, &state, &session, &r.channel, role, false).await;
+            }
             Ok(())
         }
         Err(refusal) => {
@@ -93,8 +111,11 @@ pub async fn authenticate<A: Adapter>(
 }
 
 /// Connect handler. Everything a connection needs is set up by [`authenticate`], before the
-/// client learns it is connected; nothing is left to do here.
-pub async fn on_connect<A: Adapter>(_s: SocketRef<A>) {}
+/// client learns it is connected; a recovered socket gets the items it missed here, right after
+/// its CONNECT reply.
+pub async fn on_connect<A: Adapter>(s: SocketRef<A>, State(st): State<AppState>) {
+    history::socket::replay(&s, &st).await;
+}
 
 /// Registers `$handler`, an `async fn(&SocketRef<A>, &AppState, &Session, &Value) -> Result<()>`,
 /// for `$event`: the event is counted against the connection's budget and data that is not JSON
@@ -130,7 +151,36 @@ macro_rules! on_event {
 fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
     state.metrics.active_connections.inc();
 
-    on_event!(s, A, inbound::JOIN, "join", join);
+    // `join` answers with a history reply when asked for one, so it is registered by hand.
+    s.on(
+        inbound::JOIN,
+        async |s: SocketRef<A>,
+               TryData(d): TryData<Value>,
+               ack: AckSender<A>,
+               State(st): State<AppState>,
+               Extension(c): Extension<Arc<Session>>| {
+            let t = Instant::now();
+            let verdict = session::take_event(&st, &c, t);
+            let r = match (verdict, d) {
+                (Verdict::Allowed, Ok(v)) => join(&s, &st, &c, &v).await,
+                (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
+                (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
+            };
+            match r {
+                Ok(reply) => {
+                    finish_replying(&s, ack, &st, "join", Ok(()), reply.as_ref(), t);
+                    // Live items held during the join follow its acknowledgement.
+                    if let Some(reply) = reply {
+                        reply.release(&s);
+                    }
+                }
+                Err(e) => finish(&s, ack, &st, "join", Err(e), t),
+            }
+            if verdict == Verdict::Disconnect {
+                session::disconnect_over_budget(s, &st);
+            }
+        },
+    );
     on_event!(s, A, inbound::LEAVE, "leave", leave);
     on_event!(s, A, inbound::CHAT, "chat", chat);
     on_event!(s, A, inbound::GIFT, "gift", gift);
@@ -166,6 +216,7 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
             st.metrics.disconnects.with_label_values(&[label]).inc();
             crate::lifecycle::on_disconnect(s.id, &st, &c.claims());
             // Rooms are still readable here; socketioxide removes them after this handler.
+            history::socket::disconnected(&s, &st, reason).await;
             for room in s.rooms() {
                 if let Some(channel) = protocol::channel_of(&room) {
                     announce_leave(&s, &st, &c, channel).await;
@@ -185,6 +236,19 @@ fn finish<A: Adapter>(
     result: Result<()>,
     started: Instant,
 ) {
+    finish_replying(s, ack, st, kind, result, None, started);
+}
+
+/// [`finish`], with a join's history reply as the acknowledgement on success.
+fn finish_replying<A: Adapter>(
+    s: &SocketRef<A>,
+    ack: AckSender<A>,
+    st: &AppState,
+    kind: &'static str,
+    result: Result<()>,
+    reply: Option<&JoinReply>,
+    started: Instant,
+) {
     st.metrics.messages.with_label_values(&[kind, "in"]).inc();
     if let Err(e) = &result {
         st.metrics.error(e.code());
@@ -192,7 +256,10 @@ fn finish<A: Adapter>(
         emit_to_socket(s, st, outbound::ERROR, "error", &e.to_client());
     }
     // A client without a callback gets no ack packet; `send` is a no-op then.
-    let _ = ack.send(&protocol::ack(&result));
+    let _ = match reply.filter(|_| result.is_ok()) {
+        Some(reply) => ack.send(&reply.ack()),
+        None => ack.send(&protocol::ack(&result)),
+    };
     st.metrics
         .message_duration
         .with_label_values(&[kind])
@@ -213,17 +280,28 @@ fn emit_to_socket<A: Adapter, T: Serialize + ?Sized>(
     }
 }
 
-/// Emits to a room through the adapter; a failure is logged and counted, not returned, because
-/// the sender's own request did succeed.
+/// Emits to a channel's room through the adapter: every delivery to a channel goes through here.
+/// A history item is recorded first and delivered with its `offset` and `epoch` (and, with
+/// Connection State Recovery, its position as the last argument). A failure is logged and
+/// counted, not returned, because the sender's own request did succeed.
 pub async fn emit_to_room<A: Adapter, T: Serialize + ?Sized>(
     ops: socketioxide::operators::BroadcastOperators<A>,
     st: &AppState,
-    event: &str,
+    channel: &str,
+    retention: Retention,
+    event: &'static str,
     kind: &'static str,
     payload: &T,
 ) {
     st.metrics.messages.with_label_values(&[kind, "out"]).inc();
-    if let Err(e) = ops.emit(event, payload).await {
+    let sent = match history::deliver::prepare(st, channel, retention, event, payload).await {
+        Some(d) => match &d.recovery_arg {
+            Some(arg) => ops.emit(event, &(&*d.payload, arg)).await,
+            None => ops.emit(event, &*d.payload).await,
+        },
+        None => ops.emit(event, payload).await,
+    };
+    if let Err(e) = sent {
         st.metrics.emit_failures.inc();
         // A member whose outgoing queue is full fails every broadcast to its room: sampled, or
         // one slow member would write a line per message.
@@ -233,14 +311,25 @@ pub async fn emit_to_room<A: Adapter, T: Serialize + ?Sized>(
     }
 }
 
-async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Value) -> Result<()> {
+async fn join<A: Adapter>(
+    s: &SocketRef<A>,
+    st: &AppState,
+    c: &Session,
+    v: &Value,
+) -> Result<Option<JoinReply>> {
     let j = protocol::parse_join(v)?;
     let now = Instant::now();
     if c.membership(j.channel, now) != Membership::No {
         // Already listed: the adapter decides (an `end` on another replica may have removed it).
         session::confirm_membership(s, c, now);
         if c.membership(j.channel, now) != Membership::No {
-            return Ok(());
+            // Already in (a repeated join, or a socket Connection State Recovery restored): live
+            // items flow already, so a history request is answered as the store has it and the
+            // client drops the offsets it has seen.
+            return Ok(match j.history.wants() {
+                true => Some(history::socket::read_reply(st, j.channel, &j.history).await),
+                false => None,
+            });
         }
     }
     if j.role == Role::Host && !trust::may_host(&st.hosts, &c.claims(), j.channel).await {
@@ -252,34 +341,48 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
         session::confirm_membership(s, c, now);
         c.add(j.channel, max).map_err(|_| Error::TooManyChannels)?;
     }
-    let room = protocol::room(j.channel);
+    let entering = history::socket::entering(s, st, j.channel, &j.history).await;
+    enter_channel(s, st, c, j.channel, j.role, true).await;
+    let host = j.role == Role::Host;
+    Ok(history::socket::entered(s, st, j.channel, host, entering, &j.history).await)
+}
+
+/// Puts the socket (already listed in its session) in a channel's room and announces it;
+/// `ping` sends the joiner its `metrics:ping` (not to a socket restored before its CONNECT
+/// reply, which cannot get it yet).
+async fn enter_channel<A: Adapter>(
+    s: &SocketRef<A>,
+    st: &AppState,
+    c: &Session,
+    channel: &str,
+    role: Role,
+    ping: bool,
+) {
+    let room = protocol::room(channel);
     s.join(room.clone());
     st.membership_changed();
     st.metrics.presence_delta.with_label_values(&["join"]).inc();
     let now = unix_millis();
-    let ping = protocol::MetricsPing {
-        channel_name: j.channel,
+    let metrics_ping = protocol::MetricsPing {
+        channel_name: channel,
         timestamp: now,
     };
-    if st.presence_joined(j.channel, &c.user_id_out) == Announce::Batched {
-        emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
-        return Ok(());
-    }
-    let change = c.change(j.channel, Some(j.role));
-    if st.presence_churn(s.id, change) == Decision::Announce {
+    let batched = st.presence_joined(channel, &c.user_id_out) == Announce::Batched;
+    if !batched && st.presence_churn(s.id, c.change(channel, Some(role))) == Decision::Announce {
         announce(
             s.within(room),
             st,
-            j.channel,
+            channel,
             &c.user_id_out,
             c.username_out.as_deref(),
-            Some(j.role),
+            Some(role),
             now,
         )
         .await;
     }
-    emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &ping);
-    Ok(())
+    if ping {
+        emit_to_socket(s, st, outbound::METRICS_PING, "metrics_ping", &metrics_ping);
+    }
 }
 
 /// Announces one socket's join (`joined` is its role) or leave to `room_ops`:
@@ -303,6 +406,8 @@ async fn announce<A: Adapter>(
     emit_to_room(
         room_ops.clone(),
         st,
+        channel,
+        LiveOnly,
         outbound::PRESENCE,
         "presence",
         &presence,
@@ -315,7 +420,16 @@ async fn announce<A: Adapter>(
         role: joined,
         timestamp,
     };
-    emit_to_room(room_ops, st, outbound::SYSTEM, "system", &system).await;
+    emit_to_room(
+        room_ops,
+        st,
+        channel,
+        LiveOnly,
+        outbound::SYSTEM,
+        "system",
+        &system,
+    )
+    .await;
 }
 
 async fn heartbeat<A: Adapter>(
@@ -340,6 +454,7 @@ async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Val
     }
     c.remove(channel);
     s.leave(protocol::room(channel));
+    history::socket::left(s, st, channel).await;
     announce_leave(s, st, c, channel).await;
     Ok(())
 }
@@ -399,6 +514,8 @@ async fn chat<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
     emit_to_room(
         s.within(protocol::room(channel)),
         st,
+        channel,
+        History,
         outbound::CHAT,
         "chat",
         &out,
@@ -424,6 +541,8 @@ async fn gift<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Valu
     emit_to_room(
         s.within(protocol::room(channel)),
         st,
+        channel,
+        History,
         outbound::GIFT,
         "gift",
         &out,
@@ -501,6 +620,8 @@ pub async fn apply_moderation<A: Adapter>(
     emit_to_room(
         room_ops.clone(),
         st,
+        channel,
+        History,
         outbound::MODERATION,
         "moderation",
         &event,
@@ -549,6 +670,8 @@ pub async fn flush_presence<A: Adapter>(io: &SocketIo<A>, st: &AppState, resync:
         emit_to_room(
             ns.clone().to(protocol::room(&channel)),
             st,
+            &channel,
+            LiveOnly,
             outbound::PRESENCE,
             "presence",
             &payload,

@@ -31,6 +31,7 @@ use crate::config::{self, ConfigSource, Origins};
 use crate::drain::Connections;
 use crate::error::{Error, Result};
 use crate::listener;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::realtime::{self, NAMESPACE};
 use crate::state::AppState;
@@ -148,9 +149,10 @@ pub async fn run(
             let driver =
                 ResilientDriver::start(subscriber.clone(), metrics.clone(), background.clone());
             let driver_health = driver.clone();
+            let history = History::in_redis(pool.clone(), &redis.prefix, metrics.clone());
             let store = SharedStore::start(pool, &redis.prefix, &redis.pod, metrics.clone());
             cluster::spawn_health(subscriber, store.clone(), metrics, background.clone());
-            let state = state.with_shared(store);
+            let state = state.with_shared(store).with_history(history);
             let adapter = RedisAdapterCtr::new_with_driver(
                 driver,
                 RedisAdapterConfig::new()

@@ -17,6 +17,7 @@ use crate::config::RuntimeConfig;
 use crate::error::Error;
 use crate::lifecycle::Sessions;
 use crate::logsample::LogSampler;
+use crate::history::{History, Limits};
 use crate::metrics::Metrics;
 use crate::moderation::{Muted, Mutes};
 use crate::presence::{Announce, Batch, PresenceBook};
@@ -54,6 +55,8 @@ pub struct AppState {
     /// Limits, mutes and counts shared by every replica, when Redis is configured. The local
     /// limiter and mute table above are the fallback whenever it cannot answer.
     pub shared: Option<SharedStore>,
+    /// Channel history and recovery sessions: in this process, or in Redis with `shared`.
+    pub history: History,
 }
 
 impl AppState {
@@ -74,10 +77,17 @@ impl AppState {
             sessions_per_source: PerSource::default(),
             logs: Arc::new(LogSampler::new(metrics.clone())),
             sanitizer: Arc::new(Sanitizer::default()),
+            history: History::in_memory(metrics.clone()),
             metrics,
             draining: Arc::default(),
             shared: None,
         }
+    }
+
+    /// Keeps history somewhere else than in this process (Redis).
+    pub fn with_history(mut self, history: History) -> Self {
+        self.history = history;
+        self
     }
 
     /// Shares limits, mutes and counts through Redis.
@@ -216,12 +226,14 @@ impl AppState {
         lock(&self.mutes).is_muted(channel, user, Instant::now())
     }
 
-    /// Drops expired rate-limit windows and mutes; run periodically.
+    /// Drops expired rate-limit windows, mutes and history; run periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
         lock(&self.limiter).sweep(now);
         lock(&self.mutes).sweep(now);
         self.hosts.sweep(now);
+        let limits = Limits::from_config(&self.config().gateway.history);
+        self.history.sweep(&limits, unix_millis());
     }
 
     pub fn start_draining(&self) {

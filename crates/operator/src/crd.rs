@@ -1,7 +1,7 @@
 //! The `LiveRealtime` custom resource: its spec, status and the validation rules the apiserver
 //! enforces (OpenAPI schema + CEL), so a bad spec fails at `kubectl apply`, not in the operator.
 //!
-//! The gateway config sections (`rateLimits`, `cors`, `moderation`, `limits`, `presence`, `auth`) are the very types
+//! The gateway config sections (`rateLimits`, `cors`, `moderation`, `limits`, `presence`, `auth`, `history`) are the very types
 //! `live-gateway` reloads, re-exported from `live-api`, so the CRD, the ConfigMap and the gateway
 //! cannot drift apart.
 
@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
-use live_api::{Auth, Cors, GatewayConfig, Limits, Moderation, Presence, RateLimits};
+use live_api::{Auth, Cors, GatewayConfig, History, Limits, Moderation, Presence, RateLimits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +158,9 @@ pub struct LiveRealtimeSpec {
     /// Token lifecycle on live connections: the `auth:expiring` lead (hot-reloaded).
     #[serde(default)]
     pub auth: Auth,
+    /// Channel history and recovery on reconnect (hot-reloaded).
+    #[serde(default)]
+    pub history: History,
     /// Redis for cross-pod broadcast, rate limits and presence.
     #[serde(default)]
     pub redis: RedisSpec,
@@ -835,6 +838,7 @@ impl LiveRealtimeSpec {
             limits: self.limits.clone(),
             presence: self.presence.clone(),
             auth: self.auth.clone(),
+            history: self.history.clone(),
         }
     }
 

@@ -21,6 +21,14 @@ use socketioxide_core::{
     parser::Parse,
 };
 
+/// The CONNECT reply of a socket with a connection state recovery session: socket.io ≥ 4.6
+/// clients keep `pid` and send it back when they reconnect (live-realtime fork).
+#[derive(serde::Serialize)]
+struct RecoverableConnectPacket<'a> {
+    sid: Sid,
+    pid: &'a str,
+}
+
 /// A [`Namespace`] constructor used for dynamic namespaces
 /// A namespace constructor only hold a common handler that will be cloned
 /// to the instantiated namespaces.
@@ -168,10 +176,24 @@ impl<A: Adapter> Namespace<A> {
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
         let protocol = esocket.protocol.into();
-        let payload = ConnectPacket { sid: socket.id };
-        let payload = match protocol {
-            ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
-            ProtocolVersion::V4 => None,
+        // The private session id of connection state recovery, when a middleware set one
+        // (live-realtime fork).
+        let pid = socket.take_connect_pid();
+        let payload = match (protocol, pid) {
+            (ProtocolVersion::V5, None) => Some(
+                self.parser
+                    .encode_default(&ConnectPacket { sid: socket.id })
+                    .unwrap(),
+            ),
+            (ProtocolVersion::V5, Some(pid)) => Some(
+                self.parser
+                    .encode_default(&RecoverableConnectPacket {
+                        sid: socket.id,
+                        pid: pid.as_str(),
+                    })
+                    .unwrap(),
+            ),
+            (ProtocolVersion::V4, _) => None,
         };
         if let Err(_e) = socket.send(Packet::connect(self.path.clone(), payload)) {
             #[cfg(feature = "tracing")]

@@ -37,7 +37,7 @@ use crate::{
     parser::Parser,
 };
 use socketioxide_core::{
-    Value,
+    Str, Value,
     adapter::errors::{AdapterError, BroadcastError},
     adapter::{BroadcastOptions, RemoteSocketData, Room, RoomParam},
     packet::{Packet, PacketData},
@@ -306,6 +306,34 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     #[cfg(feature = "extensions")]
     pub extensions: Extensions,
     esocket: Arc<engineioxide::Socket<SocketData<A>>>,
+    /// Connection state recovery: the CONNECT reply's private session id, and broadcasts held
+    /// back while the application replays missed packets (live-realtime fork).
+    recovery: Recovery,
+}
+
+/// Connection state recovery support (live-realtime fork). Empty and lock-free on the broadcast
+/// path unless the application holds broadcasts for this socket.
+#[derive(Default)]
+struct Recovery {
+    /// Set while broadcasts are held; read once per delivery.
+    holding: AtomicBool,
+    inner: Mutex<Option<Box<RecoveryInner>>>,
+}
+
+#[derive(Default)]
+struct RecoveryInner {
+    pid: Option<Str>,
+    held: Vec<Value>,
+    /// Broadcasts dropped because the hold was full.
+    dropped: usize,
+}
+
+/// Broadcasts were dropped while held for a socket (live-realtime fork): its client missed
+/// packets, so its state is no longer complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldOverflow {
+    /// How many were dropped.
+    pub dropped: usize,
 }
 
 impl<A: Adapter> Socket<A> {
@@ -329,6 +357,7 @@ impl<A: Adapter> Socket<A> {
             #[cfg(feature = "extensions")]
             extensions: Extensions::new(),
             esocket,
+            recovery: Recovery::default(),
         }
     }
 
@@ -717,6 +746,118 @@ impl<A: Adapter> Socket<A> {
     /// # Close the engine.io connection if it is not already closed.
     ///
     /// Return a future that resolves when the underlying transport is closed.
+    /// # Set the private session id of the CONNECT reply (live-realtime fork)
+    ///
+    /// Socket.IO ≥ 4.6 clients remember it and send it back, with the offset of the last
+    /// broadcast they received (its last argument when it is a string), in the `pid` and `offset`
+    /// fields of their auth payload when they reconnect; they set `socket.recovered` when the
+    /// CONNECT reply of the new connection carries the same `pid`. Call it from a connect
+    /// middleware: the CONNECT packet is sent once the middlewares succeed.
+    pub fn set_connect_pid(&self, pid: impl Into<Str>) {
+        let mut inner = self.recovery.inner.lock().unwrap();
+        inner.get_or_insert_with(Box::default).pid = Some(pid.into());
+    }
+
+    /// The pid for the CONNECT reply, taken once; the recovery state is freed when nothing is
+    /// held, so an idle socket keeps no allocation for it.
+    pub(crate) fn take_connect_pid(&self) -> Option<Str> {
+        let mut inner = self.recovery.inner.lock().unwrap();
+        let pid = inner.as_mut().and_then(|i| i.pid.take());
+        if !self.recovery.holding.load(Ordering::Acquire) {
+            *inner = None;
+        }
+        pid
+    }
+
+    /// # Hold back broadcasts to this socket (live-realtime fork)
+    ///
+    /// From now on, packets broadcast to this socket (through any room, from this server or,
+    /// with a remote adapter, another one) are kept, in order, instead of being queued, until
+    /// [`Socket::release_broadcasts`]. Direct emits to this socket are not held. Meant for
+    /// replaying missed packets before live ones: hold, join the rooms, read what was missed,
+    /// emit it, then release the held packets that were not part of the replay.
+    ///
+    /// At most the socket's buffer size (`max_buffer_size`) packets are held; more are dropped
+    /// and reported by the release.
+    pub fn hold_broadcasts(&self) {
+        let mut inner = self.recovery.inner.lock().unwrap();
+        inner.get_or_insert_with(Box::default);
+        self.recovery.holding.store(true, Ordering::Release);
+    }
+
+    /// # Queue the held broadcasts that `keep` accepts, in order, and stop holding
+    /// (live-realtime fork)
+    ///
+    /// `keep` sees each held packet's encoded text (binary packets are always kept). Broadcasts
+    /// arriving meanwhile wait for the release and are queued after the released ones.
+    ///
+    /// # Errors
+    /// [`HoldOverflow`] when packets were dropped because the hold was full (they are lost), or
+    /// when the socket's queue was full.
+    pub fn release_broadcasts(
+        &self,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Result<usize, HoldOverflow> {
+        let mut inner = self.recovery.inner.lock().unwrap();
+        let Some(state) = inner.as_mut() else {
+            return Ok(0);
+        };
+        let held = std::mem::take(&mut state.held);
+        let mut dropped = std::mem::take(&mut state.dropped);
+        let mut released = 0;
+        for value in held {
+            let kept = match &value {
+                Value::Str(text, None) => keep(text.as_str()),
+                _ => true,
+            };
+            if kept {
+                match self.send_raw_now(value) {
+                    Ok(()) => released += 1,
+                    Err(_) => dropped += 1,
+                }
+            }
+        }
+        // Cleared under the lock: a broadcast that saw `holding` set waits for the lock, then
+        // finds nothing to hold into and is queued after the released packets.
+        self.recovery.holding.store(false, Ordering::Release);
+        if state.pid.is_none() {
+            *inner = None;
+        }
+        if dropped > 0 {
+            Err(HoldOverflow { dropped })
+        } else {
+            Ok(released)
+        }
+    }
+
+    /// # Close the underlying connection (live-realtime fork)
+    ///
+    /// The client sees its transport close and reconnects by itself (unlike
+    /// [`Socket::disconnect`], after which a client does not reconnect). The disconnect handler
+    /// runs with [`DisconnectReason::ClosingServer`].
+    pub fn close_transport(&self) {
+        if !self.esocket.is_closed() {
+            self.esocket.close(EIoDisconnectReason::ClosingServer);
+        }
+    }
+
+    /// Holds one broadcast; gives it back when the hold ended meanwhile.
+    fn hold(&self, value: Value) -> Result<(), Value> {
+        let mut inner = self.recovery.inner.lock().unwrap();
+        if !self.recovery.holding.load(Ordering::Acquire) {
+            return Err(value);
+        }
+        let Some(state) = inner.as_mut() else {
+            return Err(value);
+        };
+        if state.held.len() >= self.get_io().config().engine_config.max_buffer_size {
+            state.dropped += 1;
+        } else {
+            state.held.push(value);
+        }
+        Ok(())
+    }
+
     pub(crate) async fn close_underlying_transport(&self) {
         if !self.esocket.is_closed() {
             #[cfg(feature = "tracing")]
@@ -744,6 +885,20 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
     pub(crate) fn send_raw(&self, value: Value) -> Result<(), SocketError> {
+        // Broadcasts are held back while the application replays missed packets to this socket
+        // (live-realtime fork: connection state recovery).
+        let value = if self.recovery.holding.load(Ordering::Acquire) {
+            match self.hold(value) {
+                Ok(()) => return Ok(()),
+                Err(value) => value,
+            }
+        } else {
+            value
+        };
+        self.send_raw_now(value)
+    }
+
+    fn send_raw_now(&self, value: Value) -> Result<(), SocketError> {
         // Broadcasts end here once per member. A plain text packet is queued in one step
         // instead of reserve-then-send, which took the socket queue's lock twice
         // (live-realtime fork).
