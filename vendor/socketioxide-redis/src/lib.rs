@@ -174,6 +174,10 @@ use tokio::sync::mpsc;
 /// Drivers are an abstraction over the pub/sub backend used by the adapter.
 /// You can use the provided implementation or implement your own.
 pub mod drivers;
+// live-realtime fork: per-room channels.
+mod rooms;
+use rooms::RoomHost;
+pub use rooms::{RoomChannels, RoomSubscriptions};
 
 /// Represent any error that might happen when using this adapter.
 #[derive(thiserror::Error)]
@@ -230,6 +234,10 @@ pub struct RedisAdapterConfig {
     ///
     /// If your server is under heavy load, you might want to increase this value.
     pub stream_buffer: usize,
+
+    /// live-realtime fork: rooms routed on channels of their own (see [`RoomChannels`]).
+    /// Default: none, every request goes on the namespace's channel as upstream.
+    pub room_channels: Option<RoomChannels>,
 }
 impl RedisAdapterConfig {
     /// Create a new config.
@@ -266,6 +274,13 @@ impl RedisAdapterConfig {
         self.stream_buffer = buffer;
         self
     }
+
+    /// live-realtime fork: route the rooms `channels.filter` accepts on channels of their own,
+    /// subscribed only by the servers that have local members (see [`RoomChannels`]).
+    pub fn with_room_channels(mut self, channels: RoomChannels) -> Self {
+        self.room_channels = Some(channels);
+        self
+    }
 }
 
 impl Default for RedisAdapterConfig {
@@ -275,6 +290,7 @@ impl Default for RedisAdapterConfig {
             prefix: Cow::Borrowed("socket.io"),
             ack_response_buffer: 255,
             stream_buffer: 1024,
+            room_channels: None,
         }
     }
 }
@@ -285,6 +301,8 @@ impl Default for RedisAdapterConfig {
 pub struct RedisAdapterCtr<R> {
     driver: R,
     config: RedisAdapterConfig,
+    /// live-realtime fork: shared by every namespace's adapter.
+    rooms: RoomSubscriptions<R>,
 }
 
 #[cfg(feature = "fred")]
@@ -310,7 +328,23 @@ impl<R: Driver> RedisAdapterCtr<R> {
     /// You can implement your own driver by implementing the [`Driver`] trait with any redis/valkey client.
     /// Check the [`drivers`] module for more information.
     pub fn new_with_driver(driver: R, config: RedisAdapterConfig) -> RedisAdapterCtr<R> {
-        RedisAdapterCtr { driver, config }
+        let rooms = RoomSubscriptions::new(
+            driver.clone(),
+            &config.prefix,
+            config.stream_buffer,
+            config.room_channels,
+        );
+        RedisAdapterCtr {
+            driver,
+            config,
+            rooms,
+        }
+    }
+
+    /// live-realtime fork: the per-room subscriptions, for the application to report local
+    /// joins and leaves (see [`RoomSubscriptions`]).
+    pub fn room_subscriptions(&self) -> RoomSubscriptions<R> {
+        self.rooms.clone()
     }
 }
 
@@ -337,6 +371,8 @@ pub struct CustomRedisAdapter<E, R> {
     req_chan: String,
     /// A map of response handlers used to await for responses from the remote servers.
     responses: Arc<Mutex<ResponseHandlers<Vec<u8>>>>,
+    /// live-realtime fork: the per-room channels.
+    rooms: RoomSubscriptions<R>,
 }
 
 impl<E, R> DefinedAdapter for CustomRedisAdapter<E, R> {}
@@ -357,6 +393,7 @@ impl<E: SocketEmitter, R: Driver> CoreAdapter<E> for CustomRedisAdapter<E, R> {
             driver: state.driver.clone(),
             config: state.config.clone(),
             responses: Arc::new(Mutex::new(HashMap::new())),
+            rooms: state.rooms.clone(),
         }
     }
 
@@ -375,6 +412,10 @@ impl<E: SocketEmitter, R: Driver> CoreAdapter<E> for CustomRedisAdapter<E, R> {
             let response_stream = self.subscribe(response_chan.clone()).await?;
             let stream = futures_util::stream::select(global_stream, specific_stream);
             let stream = futures_util::stream::select(stream, response_stream);
+            // live-realtime fork: room channels deliver to this namespace's adapter.
+            let host: Arc<dyn RoomHost> = self.clone();
+            self.rooms
+                .register(self.local.path(), Arc::downgrade(&host));
             tokio::spawn(self.pipe_stream(stream, response_chan));
             on_success();
             Ok(())
@@ -418,7 +459,7 @@ impl<E: SocketEmitter, R: Driver> CoreAdapter<E> for CustomRedisAdapter<E, R> {
     ) -> Result<(), BroadcastError> {
         if !opts.is_local(self.uid) {
             let req = RequestOut::new(self.uid, RequestTypeOut::Broadcast(&packet), &opts);
-            self.send_req(req, opts.server_id)
+            self.send_routed_req(req, &opts)
                 .await
                 .map_err(AdapterError::from)?;
         }
@@ -506,7 +547,7 @@ impl<E: SocketEmitter, R: Driver> CoreAdapter<E> for CustomRedisAdapter<E, R> {
     async fn disconnect_socket(&self, opts: BroadcastOptions) -> Result<(), BroadcastError> {
         if !opts.is_local(self.uid) {
             let req = RequestOut::new(self.uid, RequestTypeOut::DisconnectSockets, &opts);
-            self.send_req(req, opts.server_id)
+            self.send_routed_req(req, &opts)
                 .await
                 .map_err(AdapterError::from)?;
         }
@@ -549,9 +590,10 @@ impl<E: SocketEmitter, R: Driver> CoreAdapter<E> for CustomRedisAdapter<E, R> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
         if !opts.is_local(self.uid) {
             let req = RequestOut::new(self.uid, RequestTypeOut::AddSockets(&rooms), &opts);
-            self.send_req(req, opts.server_id).await?;
+            self.send_routed_req(req, &opts).await?;
         }
-        self.local.add_sockets(opts, rooms);
+        self.local.add_sockets(opts, rooms.clone());
+        self.rooms_gained(rooms);
         Ok(())
     }
 
@@ -563,9 +605,10 @@ impl<E: SocketEmitter, R: Driver> CoreAdapter<E> for CustomRedisAdapter<E, R> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
         if !opts.is_local(self.uid) {
             let req = RequestOut::new(self.uid, RequestTypeOut::DelSockets(&rooms), &opts);
-            self.send_req(req, opts.server_id).await?;
+            self.send_routed_req(req, &opts).await?;
         }
-        self.local.del_sockets(opts, rooms);
+        self.local.del_sockets(opts, rooms.clone());
+        self.rooms_lost(&rooms);
         Ok(())
     }
 
@@ -692,6 +735,11 @@ impl<E: SocketEmitter, R: Driver> CustomRedisAdapter<E, R> {
 
     /// Decode a request received from the request channel and handle it.
     fn recv_item(self: &Arc<Self>, item: Vec<u8>) -> Result<(), Error<R>> {
+        // live-realtime fork: a server gets its own broadcasts back from every channel it is
+        // subscribed to; skip them before decoding the packet.
+        if read_origin(&item) == Some(self.uid) {
+            return Ok(());
+        }
         let req: RequestIn = rmp_serde::from_slice(&item)?;
         <Self as RemoteRequestHandler<E>>::recv_req(self, req);
         Ok(())
@@ -707,6 +755,61 @@ impl<E: SocketEmitter, R: Driver> CustomRedisAdapter<E, R> {
             .map_err(Error::from_driver)?;
 
         Ok(())
+    }
+
+    /// live-realtime fork: the room channel a request for `opts` goes on, when it addresses
+    /// exactly one routed room and no specific server. Only the servers with local members of
+    /// that room are subscribed to it, and they are the only ones such a request concerns.
+    fn room_route(&self, opts: &BroadcastOptions) -> Option<String> {
+        match (opts.server_id, opts.rooms.as_slice()) {
+            (None, [room]) => self.rooms.channel(self.local.path(), room),
+            _ => None,
+        }
+    }
+
+    /// live-realtime fork: [`Self::send_req`] on the room's channel when [`Self::room_route`]
+    /// gives one. Requests that wait for responses never take this path: they count the
+    /// responding servers on the namespace channel.
+    async fn send_routed_req(
+        &self,
+        req: RequestOut<'_>,
+        opts: &BroadcastOptions,
+    ) -> Result<(), Error<R>> {
+        let Some(chan) = self.room_route(opts) else {
+            return self.send_req(req, opts.server_id).await;
+        };
+        tracing::trace!(?req, chan, "sending room request");
+        let req = rmp_serde::to_vec(&req)?;
+        self.driver
+            .publish(chan, req)
+            .await
+            .map_err(Error::from_driver)
+    }
+
+    /// live-realtime fork: local sockets were added to `rooms` by a request (the application
+    /// reports socket-level joins itself): subscribe to the routed ones.
+    fn rooms_gained(&self, rooms: Vec<Room>) {
+        let path = self.local.path().to_string();
+        for room in rooms {
+            if self.rooms.channel(&path, &room).is_none() {
+                continue;
+            }
+            let subs = self.rooms.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                if let Err(e) = subs.joined(&path, &room).await {
+                    tracing::warn!(?room, "room subscribe failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// live-realtime fork: local sockets were removed from `rooms` by a request (a remote
+    /// `leave`): let the routed rooms' subscriptions linger out if they are now empty.
+    fn rooms_lost(&self, rooms: &[Room]) {
+        for room in rooms {
+            self.rooms.left(self.local.path(), room);
+        }
     }
 
     /// Await for all the responses from the remote servers.
@@ -761,6 +864,16 @@ impl<E: SocketEmitter, R: Driver> RemoteRequestHandler<E> for CustomRedisAdapter
         &self.local
     }
 
+    fn recv_add_sockets(&self, opts: BroadcastOptions, rooms: Vec<Room>) {
+        self.local.add_sockets(opts, rooms.clone());
+        self.rooms_gained(rooms);
+    }
+
+    fn recv_del_sockets(&self, opts: BroadcastOptions, rooms: Vec<Room>) {
+        self.local.del_sockets(opts, rooms.clone());
+        self.rooms_lost(&rooms);
+    }
+
     fn send_res<D: Serialize + fmt::Debug + Send + 'static>(
         &self,
         req_id: Sid,
@@ -784,6 +897,22 @@ impl<E: SocketEmitter, R: Driver> RemoteRequestHandler<E> for CustomRedisAdapter
     }
 }
 
+/// live-realtime fork: how the room subscriptions reach this namespace.
+impl<E: SocketEmitter, R: Driver> RoomHost for CustomRedisAdapter<E, R> {
+    fn has_local_members(&self, room: &str) -> bool {
+        let mut opts = BroadcastOptions::default();
+        opts.rooms.push(Room::Owned(room.to_owned()));
+        !self.local.sockets(opts).is_empty()
+    }
+
+    fn recv_room_item(self: Arc<Self>, item: Vec<u8>) {
+        if let Err(e) = self.recv_item(item) {
+            let ns = self.local.path();
+            tracing::warn!(uid = ?self.uid, ?ns, "room request handler error: {e}");
+        }
+    }
+}
+
 /// Checks if the namespace path is valid
 /// Panics if the path is empty or contains a `#`
 fn check_ns<D: Driver>(path: &str) -> Result<(), InitError<D>> {
@@ -792,6 +921,17 @@ fn check_ns<D: Driver>(path: &str) -> Result<(), InitError<D>> {
     } else {
         Ok(())
     }
+}
+
+/// live-realtime fork: the origin server of a request encoded as `[Uid, ...]`, read without
+/// decoding the rest.
+fn read_origin(data: &[u8]) -> Option<Uid> {
+    let mut rd = data;
+    if rmp::decode::read_array_len(&mut rd).ok()? < 1 {
+        return None;
+    }
+    let mut de = rmp_serde::Deserializer::new(rd);
+    serde::Deserialize::deserialize(&mut de).ok()
 }
 
 /// Extract the request id from a data encoded as `[Sid, ...]`
