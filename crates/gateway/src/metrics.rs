@@ -33,6 +33,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub redis_adapter_dropped: IntCounter,
     pub redis_publish_skipped: IntCounter,
+    pub redis_room_subscriptions: IntGauge,
+    pub redis_snapshot_writes: IntCounter,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -129,7 +131,7 @@ impl Metrics {
             .expect("static metric definition");
         let redis_up = IntGauge::new(
             "live_redis_up",
-            "1 while both Redis connections are up; 0 while down (also 0 without REDIS_URL)",
+            "1 while both Redis connections answered a PING in the last second; 0 otherwise (also 0 without REDIS_URL)",
         )
         .expect("static metric definition");
         let redis_errors = IntCounterVec::new(
@@ -148,6 +150,16 @@ impl Metrics {
         let redis_publish_skipped = IntCounter::new(
             "live_redis_publish_skipped_total",
             "Broadcasts delivered locally only because Redis was unreachable",
+        )
+        .expect("static metric definition");
+        let redis_room_subscriptions = IntGauge::new(
+            "live_redis_room_subscriptions",
+            "Channels whose Redis pub/sub channel this replica is subscribed to (its channels with local members, plus those lingering after their last member left)",
+        )
+        .expect("static metric definition");
+        let redis_snapshot_writes = IntCounter::new(
+            "live_redis_snapshot_writes_total",
+            "Rewrites of this replica's viewer and presence snapshot in Redis",
         )
         .expect("static metric definition");
         let build_info = IntGaugeVec::new(
@@ -177,6 +189,8 @@ impl Metrics {
             Box::new(redis_errors.clone()),
             Box::new(redis_adapter_dropped.clone()),
             Box::new(redis_publish_skipped.clone()),
+            Box::new(redis_room_subscriptions.clone()),
+            Box::new(redis_snapshot_writes.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -203,6 +217,8 @@ impl Metrics {
             redis_errors,
             redis_adapter_dropped,
             redis_publish_skipped,
+            redis_room_subscriptions,
+            redis_snapshot_writes,
         }
     }
 

@@ -215,7 +215,7 @@ async fn join<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Value
         return Ok(());
     }
     s.join(room.clone());
-    st.membership_changed();
+    st.room_joined(&room).await;
     st.metrics.presence_delta.with_label_values(&["join"]).inc();
     let now = unix_millis();
     let ping = protocol::MetricsPing {
@@ -281,7 +281,7 @@ async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, v: &Valu
 
 /// Tells the rest of a room that this socket left (by `leave` or by disconnecting).
 async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims, channel: &str) {
-    st.membership_changed();
+    st.room_left(&protocol::room(channel));
     st.metrics
         .presence_delta
         .with_label_values(&["leave"])
