@@ -14,7 +14,7 @@ import {
   token, OK, uid,
 } from './harness.mjs';
 import {
-  missing, startRedis, subscribers, info, tempDir, stopAll, eventually, redisBin, delayProxy,
+  missing, startRedis, subscribers, info, tempDir, stopAll, eventually, redisUp, redisBin, delayProxy,
 } from './redis-harness.mjs';
 
 const skip = missing(redisBin);
@@ -111,7 +111,7 @@ test('a member receives what another replica publishes right after its join is a
   const proxy = await delayProxy(redis.port, 150);
   const slow = await startReplica('slow', { REDIS_URL: `redis://127.0.0.1:${proxy.port}` });
   try {
-    await eventually(async () => (await http(`${slow.adminUrl}/metrics`)).text.includes('live_redis_up 1'), 10_000, 'slow replica connected');
+    await redisUp(slow);
     const member = await connect(slow, user().token);
     for (let i = 0; i < 5; i += 1) {
       const c = chan();

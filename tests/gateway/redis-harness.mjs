@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort, sleep } from './harness.mjs';
+import { freePort, sleep, http } from './harness.mjs';
 
 export const redisBin = process.env.REDIS_SERVER_BIN ?? 'redis-server';
 export const sentinelBin = process.env.REDIS_SENTINEL_BIN ?? 'redis-sentinel';
@@ -24,7 +24,7 @@ const works = (bin, args = ['--version']) => {
 
 /** Why a suite needing `bins` cannot run here, or false when it can. */
 export function missing(...bins) {
-  const absent = bins.filter((b) => !works(b));
+  const absent = bins.filter((b) => !works(b, b === 'openssl' ? ['version'] : ['--version']));
   return absent.length ? `${absent.join(', ')} not found (scripts/test.sh installs them)` : false;
 }
 
@@ -88,8 +88,8 @@ export function info(port, section, opts) {
 }
 
 /** How many clients are subscribed to pub/sub channel `chan` on `port` (sharded or plain). */
-export function subscribers(port, chan, { sharded = false } = {}) {
-  const lines = cli(port, ['PUBSUB', sharded ? 'SHARDNUMSUB' : 'NUMSUB', chan]).trim().split('\n');
+export function subscribers(port, chan, { sharded = false, tls } = {}) {
+  const lines = cli(port, ['PUBSUB', sharded ? 'SHARDNUMSUB' : 'NUMSUB', chan], { tls }).trim().split('\n');
   return Number(lines[1]);
 }
 
@@ -115,22 +115,29 @@ export async function startRedis({ args = [], tls, port } = {}) {
  * `redis-cli --cluster create`; resolves once every node reports `cluster_state:ok`.
  * Resolves {ports, nodes: [{port, proc}], url (redis-cluster://...), stop()}.
  */
-export async function startCluster({ masters = 3 } = {}) {
+export async function startCluster({ masters = 3, tls } = {}) {
   const dir = tempDir('cluster');
   const nodes = [];
+  const tlsOpts = tls ? { tls } : {};
   for (let i = 0; i < masters; i += 1) {
     const port = await freePort();
+    const listen = tls
+      ? ['--port', '0', '--tls-port', String(port), '--tls-cluster', 'yes', '--bind', '127.0.0.1', '--save', '',
+        '--appendonly', 'no', '--tls-cert-file', tls.cert, '--tls-key-file', tls.key, '--tls-ca-cert-file', tls.ca,
+        '--tls-auth-clients', 'no']
+      : baseArgs(port);
     const proc = await startProcess(redisBin, [
-      ...baseArgs(port), '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
+      ...listen, '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
       '--cluster-node-timeout', '2000', '--dir', dir,
     ], 'Ready to accept connections', `cluster node :${port}`);
     nodes.push({ port, proc });
   }
   const ports = nodes.map((n) => n.port);
-  const r = spawnSync(cliBin, ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { encoding: 'utf8' });
+  const tlsArgs = tls ? ['--tls', '--cacert', tls.ca] : [];
+  const r = spawnSync(cliBin, [...tlsArgs, '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`redis-cli --cluster create: ${r.stdout}\n${r.stderr}`);
   const deadline = Date.now() + 15_000;
-  while (!ports.every((p) => info(p, 'cluster').cluster_enabled === '1' && cli(p, ['CLUSTER', 'INFO']).includes('cluster_state:ok'))) {
+  while (!ports.every((p) => cli(p, ['CLUSTER', 'INFO'], tlsOpts).includes('cluster_state:ok'))) {
     if (Date.now() > deadline) throw new Error('the cluster did not reach cluster_state:ok');
     await sleep(100);
   }
@@ -138,10 +145,10 @@ export async function startCluster({ masters = 3 } = {}) {
   return {
     ports,
     nodes,
-    url: `redis-cluster://127.0.0.1:${first}?${rest.map((p) => `node=127.0.0.1:${p}`).join('&')}`,
+    url: `${tls ? 'rediss' : 'redis'}-cluster://127.0.0.1:${first}?${rest.map((p) => `node=127.0.0.1:${p}`).join('&')}`,
     /** Subscribers of sharded channel `chan`, over every node (only its slot's owner has any). */
     shardSubscribers(chan) {
-      return ports.reduce((n, p) => n + subscribers(p, chan, { sharded: true }), 0);
+      return ports.reduce((n, p) => n + subscribers(p, chan, { sharded: true, ...tlsOpts }), 0);
     },
     stop: () => Promise.all(nodes.map((n) => n.proc.kill())),
   };
@@ -193,17 +200,32 @@ export async function startSentinel({ name = 'live-primary', password } = {}) {
     sentinel,
     url: `redis-sentinel://127.0.0.1:${port}?sentinelServiceName=${name}`,
     currentPrimary,
-    /** Asks the sentinel to fail over now; resolves with the new primary's port once it is one. */
+    /** Resolves {port, promotedAt} once a server other than `before` is the primary. */
+    async promoted(before, timeoutMs = 30_000) {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        let now;
+        try { now = currentPrimary(); } catch { now = before; }
+        if (now !== before) {
+          try {
+            if (cli(now, [...cliAuth, 'INFO', 'replication']).includes('role:master')) return { port: now, promotedAt: Date.now() };
+          } catch { /* not answering yet */ }
+        }
+        if (Date.now() > until) throw new Error(`no new primary within ${timeoutMs} ms:\n${proc.output()}`);
+        await sleep(20);
+      }
+    },
+    /** SENTINEL FAILOVER now; resolves {port, promotedAt} of the new primary. */
     async failover() {
       const before = currentPrimary();
       cli(port, ['SENTINEL', 'FAILOVER', name]);
-      const until = Date.now() + 20_000;
-      for (;;) {
-        const now = currentPrimary();
-        if (now !== before && cli(now, [...cliAuth, 'INFO', 'replication']).includes('role:master')) return now;
-        if (Date.now() > until) throw new Error(`no failover within 20 s:\n${proc.output()}`);
-        await sleep(50);
-      }
+      return this.promoted(before);
+    },
+    /** Kills the primary (SIGKILL); resolves {port, promotedAt} once the sentinel promoted the replica. */
+    async killPrimary() {
+      const before = currentPrimary();
+      await [primary, replica].find((r) => r.port === before).stop();
+      return this.promoted(before);
     },
     stop: () => Promise.all([proc.kill(), primary.stop(), replica.stop()]),
   };
@@ -286,4 +308,10 @@ export async function eventually(fn, ms, what) {
     if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what} (last: ${JSON.stringify(last)})`);
     await sleep(100);
   }
+}
+
+/** Resolves once `gw` reports `live_redis_up 1` (the sample line, not its help text). */
+export function redisUp(gw, ms = 15_000) {
+  return eventually(async () => /^live_redis_up 1$/m.test((await http(`${gw.adminUrl}/metrics`)).text), ms,
+    `live_redis_up 1 on ${gw.adminUrl}`);
 }

@@ -131,7 +131,7 @@ impl Metrics {
             .expect("static metric definition");
         let redis_up = IntGauge::new(
             "live_redis_up",
-            "1 while both Redis connections answered a PING in the last second; 0 otherwise (also 0 without REDIS_URL)",
+            "Whether Redis is reachable: 1 while both Redis connections answered a PING in the last 3 s, else 0 (also 0 without REDIS_URL)",
         )
         .expect("static metric definition");
         let redis_errors = IntCounterVec::new(

@@ -230,13 +230,25 @@ pub fn clients(settings: &RedisSettings) -> Result<Clients> {
     })
 }
 
-/// Whether `client` answers a PING within [`COMMAND_TIMEOUT`].
+/// How often the health check sends its PINGs, and how long each may take.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Redis counts as up while both connections answered a PING this recently: one slow answer on
+/// a busy machine does not flap the gauge, and a client that never connected (or cannot
+/// authenticate, or fails TLS) is never up.
+const HEALTH_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether `client` answers a PING within [`HEALTH_EVERY`].
 async fn answers<C: ClientLike>(client: &C) -> bool {
     client.is_connected()
         && matches!(
-            tokio::time::timeout(COMMAND_TIMEOUT, client.ping::<String>(None)).await,
+            tokio::time::timeout(HEALTH_EVERY, client.ping::<String>(None)).await,
             Ok(Ok(_))
         )
+}
+
+/// Whether Redis is up now, given when both connections last answered.
+fn is_up(last_answer: Option<tokio::time::Instant>, now: tokio::time::Instant) -> bool {
+    last_answer.is_some_and(|t| now.duration_since(t) <= HEALTH_GRACE)
 }
 
 /// Checks both connections with a PING round trip every second, keeps `live_redis_up` and the
@@ -250,14 +262,18 @@ pub fn spawn_health(
 ) {
     tokio::spawn(async move {
         let mut was_up = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_answer = None;
+        let mut tick = tokio::time::interval(HEALTH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let up = answers(&subscriber).await && store.answers().await;
+            if answers(&subscriber).await && store.answers().await {
+                last_answer = Some(tokio::time::Instant::now());
+            }
+            let up = is_up(last_answer, tokio::time::Instant::now());
             metrics.redis_up.set(i64::from(up));
             metrics
                 .redis_room_subscriptions
@@ -288,6 +304,21 @@ mod tests {
             prefix: "live".into(),
             pod: "p".into(),
         }
+    }
+
+    #[test]
+    fn redis_is_up_only_while_it_answered_recently() {
+        let now = tokio::time::Instant::now();
+        assert!(!is_up(None, now), "never answered");
+        assert!(is_up(Some(now), now));
+        assert!(
+            is_up(Some(now - HEALTH_GRACE), now),
+            "one slow check is not an outage"
+        );
+        assert!(!is_up(
+            Some(now - HEALTH_GRACE - Duration::from_millis(1)),
+            now
+        ));
     }
 
     #[test]
