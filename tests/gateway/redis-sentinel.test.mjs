@@ -74,7 +74,7 @@ for (const [how, trigger] of [
     console.log(`# failover (${how}): ${JSON.stringify({ ...report, crossLostSeqs: undefined })}`);
     assert.equal(report.localLost, 0, 'every chat reached the member on the publishing replica');
     assert.ok(report.crossResumed, 'cross-replica delivery resumed after the new primary took over');
-    assert.ok(report.crossReceived > 0 && report.sent > 40, JSON.stringify(report));
+    assert.ok(report.crossReceived > 0, JSON.stringify(report));
     assert.ok(gw1.running && gw2.running, 'no gateway restarted');
     await redisUp(gw1);
     await redisUp(gw2);

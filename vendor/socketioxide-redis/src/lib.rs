@@ -457,14 +457,27 @@ impl<E: SocketEmitter, R: Driver> CoreAdapter<E> for CustomRedisAdapter<E, R> {
         packet: Packet,
         opts: BroadcastOptions,
     ) -> Result<(), BroadcastError> {
-        if !opts.is_local(self.uid) {
+        // live-realtime fork: deliver locally before publishing, so local members never wait
+        // for a Redis round trip (nor for a slow or failing Redis). The request is encoded
+        // first, since the local broadcast consumes the packet.
+        let remote = if opts.is_local(self.uid) {
+            None
+        } else {
             let req = RequestOut::new(self.uid, RequestTypeOut::Broadcast(&packet), &opts);
-            self.send_routed_req(req, &opts)
-                .await
-                .map_err(AdapterError::from)?;
-        }
-
+            let chan = self
+                .room_route(&opts)
+                .unwrap_or_else(|| self.get_req_chan(opts.server_id));
+            let req =
+                rmp_serde::to_vec(&req).map_err(|e| AdapterError::from(Error::<R>::from(e)))?;
+            Some((chan, req))
+        };
         self.local.broadcast(packet, opts)?;
+        if let Some((chan, req)) = remote {
+            self.driver
+                .publish(chan, req)
+                .await
+                .map_err(|e| AdapterError::from(Error::<R>::from_driver(e)))?;
+        }
         Ok(())
     }
 

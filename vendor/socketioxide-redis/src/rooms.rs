@@ -380,6 +380,8 @@ mod tests {
         published: Arc<Mutex<Vec<ChanItem>>>,
         senders: Arc<Mutex<HashMap<String, mpsc::Sender<ChanItem>>>>,
         gate: Option<Arc<Semaphore>>,
+        /// Publishes never complete (a Redis that stopped answering).
+        hang_publish: bool,
     }
 
     impl Script {
@@ -417,6 +419,9 @@ mod tests {
 
         async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
             self.published.lock().unwrap().push((chan, val));
+            if self.hang_publish {
+                std::future::pending::<()>().await;
+            }
             Ok(())
         }
         async fn subscribe(
@@ -587,6 +592,25 @@ mod tests {
         assert_eq!(on[0], CHAN_A);
         assert_eq!(&on[1..4], ["p-request#/live#"; 3]);
         assert!(on[4].starts_with("p-request#/live#") && on[4].len() > 16);
+    }
+
+    #[tokio::test]
+    async fn local_members_get_a_broadcast_before_it_is_published() {
+        let s = server(Script {
+            hang_publish: true,
+            ..Script::default()
+        })
+        .await;
+        let a = Sid::new();
+        s.adapter.get_local().add_all(a, "channel:a");
+        let sent = tokio::time::timeout(
+            Duration::from_millis(50),
+            s.adapter.broadcast(packet(), room_opts("channel:a")),
+        )
+        .await;
+        assert!(sent.is_err(), "the publish hangs");
+        assert_eq!(*s.delivered.lock().unwrap(), [a]);
+        assert_eq!(s.driver.published_on(), [CHAN_A]);
     }
 
     #[tokio::test]

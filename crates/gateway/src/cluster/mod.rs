@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use fred::clients::{Pool, SubscriberClient};
 use fred::interfaces::ClientLike;
-use fred::types::config::{Config, ReconnectPolicy, TlsConnector};
+use fred::types::config::{Config, ReconnectPolicy, TlsConnector, UnresponsiveConfig};
 use fred::types::{Builder, RespVersion};
 use socketioxide_redis::{RoomChannels, RoomSubscriptions};
 use tokio_util::sync::CancellationToken;
@@ -213,6 +213,13 @@ pub fn clients(settings: &RedisSettings) -> Result<Clients> {
             // A command that failed is not retried on the next connection: callers fall back
             // to local state instead of waiting.
             c.max_command_attempts = 1;
+            // A connection that stops answering (a primary whose host died, a network
+            // partition: no RST ever arrives) is closed and replaced within 2 s, so calls stop
+            // waiting out their timeouts against it. The health PINGs keep a request in flight.
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(Duration::from_secs(2)),
+                interval: Duration::from_millis(500),
+            };
         })
         // Retry forever, 100 ms doubling to 2 s: after a failover the new primary is found
         // within about two seconds of being promoted.
