@@ -339,11 +339,13 @@ pub struct RedisSpec {
     /// `Managed` (default): the operator runs a single ephemeral Redis. `External`: bring your own.
     #[serde(default)]
     pub mode: RedisMode,
-    /// External only: `redis://` or `rediss://` URL without credentials (use urlSecretRef for those).
+    /// External only: URL without credentials (use urlSecretRef for those). The scheme picks
+    /// the deployment: `redis://` (one server), `redis-cluster://` (Redis Cluster),
+    /// `redis-sentinel://host:26379?sentinelServiceName=<name>` (Sentinel); `rediss*` for TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')")
-        .message("url must start with redis:// or rediss://"))]
+    #[x_kube(validation = Rule::new("self.matches('^rediss?(-cluster|-sentinel)?://')")
+        .message("url must start with redis://, rediss://, redis-cluster://, rediss-cluster://, redis-sentinel:// or rediss-sentinel://"))]
     pub url: Option<String>,
     /// External only: a Secret key holding the URL (use when it carries a password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -696,6 +698,22 @@ mod tests {
             &with(serde_json::json!({"redis": {"mode": "External", "url": "http://r:6379"}})),
             "url must start with redis://",
         );
+        rejected(
+            &with(serde_json::json!({"redis": {"mode": "External", "url": "redis-clusterx://r"}})),
+            "url must start with redis://",
+        );
+        for url in [
+            "redis://r:6379",
+            "rediss://r:6380",
+            "redis-cluster://r:7000?node=r2:7000",
+            "rediss-cluster://r:7000",
+            "redis-sentinel://s:26379?sentinelServiceName=mymaster",
+            "rediss-sentinel://s:26379?sentinelServiceName=mymaster",
+        ] {
+            with(serde_json::json!({"redis": {"mode": "External", "url": url}}))
+                .validate_cel()
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
     }
 
     #[test]
