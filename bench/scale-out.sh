@@ -7,10 +7,16 @@
 #   bench/scale-out.sh                         # 4 replicas, 200 channels x 10, by channel
 #   PLACEMENT=spread REPLICAS=2 CHANNELS=1 CONNECTIONS=1000 SENDERS=20 RATES=100000 bench/scale-out.sh
 #
+# PEER selects what runs the replicas: `gateway` (default, live-gateway), or the benchmark-only Node
+# peer in bench/node-peer (the seed's layer on socket.io 4; `npm ci --prefix bench/node-peer` once)
+# with the socket.io Redis adapter: `node-classic` (@socket.io/redis-adapter createAdapter) or
+# `node-sharded` (createShardedAdapter, subscriptionMode "dynamic").
+#
 # Settings (environment): GATEWAY, BENCH (release binaries), REPLICAS (4), PLACEMENT (by-channel |
 # spread), CONNECTIONS (2000), CHANNELS (200), SENDERS (200), RATES ("20000", space-separated
 # deliveries/s, one round each), DURATION (10 s per round), REDIS_SERVER (redis-server),
-# JSON_OUT (also write the report there), GATEWAY_CPUS (0), BENCH_CPUS (1), BASE_PORT (23000),
+# JSON_OUT (also write the report there), GATEWAY_CPUS (0), BENCH_CPUS (1), BASE_PORT (random; replicas
+# use BASE_PORT+i, their admin ports BASE_PORT+50+i, Redis BASE_PORT+99),
 # EXTRA_GATEWAY_ENV (e.g. "LIVE_WS_WRITE_COALESCE_MS=0").
 set -euo pipefail
 
@@ -27,8 +33,9 @@ DURATION=${DURATION:-10}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 GATEWAY_CPUS=${GATEWAY_CPUS:-0}
 BENCH_CPUS=${BENCH_CPUS:-1}
-BASE_PORT=${BASE_PORT:-23000}
+BASE_PORT=${BASE_PORT:-$((20000 + RANDOM % 20000))}
 EXTRA_GATEWAY_ENV=${EXTRA_GATEWAY_ENV:-}
+PEER=${PEER:-gateway}
 export JWT_SECRET=${JWT_SECRET:-scale-out-bench-secret-0123456789abcdef}
 
 work=$(mktemp -d)
@@ -66,10 +73,19 @@ server_pids=()
 for i in $(seq 0 $((REPLICAS - 1))); do
   port=$((BASE_PORT + i))
   admin=$((BASE_PORT + 50 + i))
-  # shellcheck disable=SC2086
-  env REDIS_URL="redis://127.0.0.1:$redis_port" LIVE_REDIS_PREFIX=bench POD_NAME="gw-$i" $EXTRA_GATEWAY_ENV \
-    taskset -c "$GATEWAY_CPUS" "$GATEWAY" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --config "$work/gateway.yaml" >"$work/gw-$i.log" 2>&1 &
+  case "$PEER" in
+    gateway)
+      # shellcheck disable=SC2086
+      env REDIS_URL="redis://127.0.0.1:$redis_port" LIVE_REDIS_PREFIX=bench POD_NAME="gw-$i" $EXTRA_GATEWAY_ENV \
+        taskset -c "$GATEWAY_CPUS" "$GATEWAY" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+        --config "$work/gateway.yaml" >"$work/gw-$i.log" 2>&1 &
+      ;;
+    node-classic | node-sharded)
+      env REDIS_URL="redis://127.0.0.1:$redis_port" PORT="$port" ADMIN_PORT="$admin" ADAPTER="${PEER#node-}" \
+        taskset -c "$GATEWAY_CPUS" node "$root/bench/node-peer/server.mjs" >"$work/gw-$i.log" 2>&1 &
+      ;;
+    *) echo "PEER must be gateway, node-classic or node-sharded" >&2; exit 2 ;;
+  esac
   pids+=($!)
   server_pids+=(--server-pid "$!")
   servers+=(--server "127.0.0.1:$port")
