@@ -152,6 +152,7 @@ impl AppState {
     pub async fn room_joined(&self, room: &str) {
         self.membership_changed();
         if let Some(rooms) = &self.rooms {
+            // Cancellation-safe: a join that stops waiting leaves the subscription to finish.
             let subscribed = tokio::time::timeout(
                 cluster::JOIN_SUBSCRIBE_WAIT,
                 rooms.joined(crate::realtime::NAMESPACE, room),

@@ -84,8 +84,9 @@ struct Slot {
     /// Read by the `joined` fast path; a `std` mutex (not an atomic) so the linger check's
     /// "closing" mark and its look at local members are ordered against a concurrent join.
     phase: Mutex<Phase>,
-    /// Serializes the driver calls (subscribe, unsubscribe) for this channel.
-    ops: tokio::sync::Mutex<()>,
+    /// Serializes the driver calls (subscribe, unsubscribe) for this channel. In an `Arc` so a
+    /// subscription can own it in a task of its own (see [`RoomSubscriptions::joined`]).
+    ops: Arc<tokio::sync::Mutex<()>>,
     /// A linger check is scheduled; later leaves need not schedule another.
     check_pending: AtomicBool,
 }
@@ -172,6 +173,9 @@ impl<R: Driver> RoomSubscriptions<R> {
     ///
     /// An error means the driver refused the subscription; the caller decides whether the join
     /// stands (its local members still get local broadcasts).
+    ///
+    /// Cancellation-safe: the subscription runs in a task of its own, so a caller that stops
+    /// waiting (a timeout) does not leave the channel half subscribed.
     pub async fn joined(&self, ns: &str, room: &str) -> Result<(), R::Error> {
         let Some(chan) = self.channel(ns, room) else {
             return Ok(());
@@ -184,7 +188,7 @@ impl<R: Driver> RoomSubscriptions<R> {
                         room: room.to_owned(),
                         chan: chan.clone(),
                         phase: Mutex::new(Phase::Idle),
-                        ops: tokio::sync::Mutex::new(()),
+                        ops: Arc::default(),
                         check_pending: AtomicBool::new(false),
                     })
                 },
@@ -192,13 +196,23 @@ impl<R: Driver> RoomSubscriptions<R> {
             if *lock(&slot.phase) == Phase::Subscribed {
                 return Ok(());
             }
-            let _ops = slot.ops.lock().await;
+            let ops = Arc::clone(&slot.ops).lock_owned().await;
             match *lock(&slot.phase) {
                 Phase::Subscribed => return Ok(()),
                 Phase::Retired => continue,
                 Phase::Idle | Phase::Closing => {}
             }
-            return self.subscribe(&slot).await;
+            let subs = self.clone();
+            let subscribing = tokio::spawn(async move {
+                let _ops = ops;
+                subs.subscribe(&slot).await
+            });
+            return match subscribing.await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // The runtime is shutting down.
+                Err(_) => Ok(()),
+            };
         }
     }
 
@@ -719,6 +733,24 @@ mod tests {
             .filter(|c| c.contains("room#"))
             .count();
         assert_eq!(subs, 1, "one subscription for both joins");
+    }
+
+    #[tokio::test]
+    async fn a_join_that_stops_waiting_still_leaves_the_room_subscribed() {
+        let (driver, gate) = Script::gated();
+        gate.add_permits(3);
+        let s = server(driver).await;
+        let a = Sid::new();
+        s.adapter.get_local().add_all(a, "channel:a");
+        let waited =
+            tokio::time::timeout(Duration::from_millis(20), s.rooms.joined(NS, "channel:a")).await;
+        assert!(waited.is_err(), "the subscription is held at the gate");
+        gate.add_permits(1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(s.rooms.is_subscribed(NS, "channel:a"));
+        s.driver.push(CHAN_A, remote_broadcast("channel:a")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(*s.delivered.lock().unwrap(), [a]);
     }
 
     #[tokio::test(start_paused = true)]
