@@ -6,9 +6,10 @@
 # Steps: formatting and lints, the Rust unit and integration tests (workspace, one build; they
 # include the operator's envtest suite against a real kube-apiserver when ../shared/envtest or
 # KUBEBUILDER_ASSETS provides one), the gateway end-to-end suite with the official
-# socket.io-client (npm ci), and the operator's rendered manifests validated against the
-# Kubernetes schemas (kubernetes-validate from PyPI), and the Helm chart checks (helm is fetched
-# into .tools/ when missing; see scripts/fetch-tools.sh).
+# socket.io-client (npm ci; with real Redis: standalone, a 3-master Cluster, Sentinel failover,
+# TLS), and the operator's rendered manifests validated against the Kubernetes schemas
+# (kubernetes-validate from PyPI), and the Helm chart checks (helm is fetched into .tools/ when
+# missing; see scripts/fetch-tools.sh).
 # Needs: a Rust toolchain (rust-toolchain.toml pins it), Node >= 20 with npm, Python >= 3.9 with pip.
 set -euo pipefail
 
@@ -26,20 +27,29 @@ need node "install Node.js 20+"
 need npm "install npm"
 need python3 "install Python 3"
 
-# redis-server for the multi-replica tests (two gateways sharing one Redis).
-if ! command -v redis-server >/dev/null 2>&1; then
-  step "installing redis-server"
+# Redis for the multi-replica tests: redis-server (standalone, Cluster, TLS), redis-sentinel
+# (failover), redis-cli (cluster creation), openssl (test certificates). On Debian/Ubuntu
+# redis-sentinel is a package of its own.
+redis_packages=()
+command -v redis-server >/dev/null 2>&1 || redis_packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || redis_packages+=(redis-tools)
+command -v redis-sentinel >/dev/null 2>&1 || redis_packages+=(redis-sentinel)
+command -v openssl >/dev/null 2>&1 || redis_packages+=(openssl)
+if [ ${#redis_packages[@]} -gt 0 ]; then
+  step "installing ${redis_packages[*]}"
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-    # The package may start a system instance; the tests start their own on free ports.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${redis_packages[@]}" >/dev/null
+    # The packages may start system instances; the tests start their own on free ports.
     (service redis-server stop || true) >/dev/null 2>&1
+    (service redis-sentinel stop || true) >/dev/null 2>&1
   else
-    echo "redis-server is missing: install Redis >= 7 (e.g. apt-get install redis-server)" >&2
+    echo "missing: ${redis_packages[*]}: install Redis >= 7 with redis-sentinel and redis-cli, and openssl (e.g. apt-get install redis-server redis-sentinel redis-tools openssl)" >&2
     exit 1
   fi
 fi
 redis-server --version
+redis-sentinel --version >/dev/null
 
 # openssl makes the CA and server certificate of the JWKS-over-HTTPS end-to-end test.
 if ! command -v openssl >/dev/null 2>&1; then

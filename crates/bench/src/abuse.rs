@@ -213,7 +213,7 @@ pub async fn run(common: &Common, a: &Abuse) -> anyhow::Result<Report> {
     let server = h.server_memory();
     let secret = common.jwt_secret.clone().unwrap_or_default();
     let target = Arc::new(attacks::Target {
-        server: common.server,
+        server: common.server(),
         path: common.path.trim_end_matches('/').to_owned(),
         namespace: common.namespace.clone(),
         honest_channel: crate::plan::channel_name(&common.channel_prefix, 0),
@@ -237,7 +237,7 @@ pub async fn run(common: &Common, a: &Abuse) -> anyhow::Result<Report> {
     let mut reports = Vec::new();
     for (i, &attack) in list.iter().enumerate() {
         let counters = Arc::new(AttackCounters::default());
-        let rss = RssSampler::start(common.server_pid);
+        let rss = RssSampler::start(common.server_pid());
         let started = Instant::now();
         let running = attacks::spawn(
             attack,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::replicas::Placement;
 use crate::run;
 
 /// live-bench: load generator for live-gateway (Socket.IO v4 over WebSocket).
@@ -23,9 +24,15 @@ pub struct Args {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// Gateway public address (loopback).
-    #[arg(long, global = true, default_value = "127.0.0.1:3000")]
-    pub server: SocketAddr,
+    /// Gateway public address (loopback). Repeat for several replicas of one deployment:
+    /// connections are placed on them by `--placement`.
+    #[arg(long = "server", global = true, default_value = "127.0.0.1:3000")]
+    pub servers: Vec<SocketAddr>,
+
+    /// With several `--server`s: `by-channel` puts all members of a channel on one replica
+    /// (sticky sessions), `spread` spreads every channel's members over all replicas.
+    #[arg(long, global = true, value_enum, default_value_t = Placement::ByChannel)]
+    pub placement: Placement,
 
     /// Socket.IO request path.
     #[arg(long, global = true, default_value = "/ws")]
@@ -44,9 +51,16 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = 8)]
     pub source_ips: u8,
 
-    /// The gateway's pid: enables server RSS per connection and CPU per delivery.
-    #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    /// The gateway's pid: enables server RSS per connection and CPU per delivery. Repeat for
+    /// every process the deployment runs (each gateway replica, redis-server): CPU is summed
+    /// over all of them; RSS is the first one's.
+    #[arg(long = "server-pid", global = true)]
+    pub server_pids: Vec<u32>,
+
+    /// A Redis server the gateways use (repeat for every node): each round reports the Redis
+    /// network bytes it cost (`INFO stats` counters), in total and per delivery.
+    #[arg(long = "redis", global = true)]
+    pub redis: Vec<SocketAddr>,
 
     /// Also write the JSON summary to this file.
     #[arg(long, global = true)]
@@ -82,6 +96,21 @@ pub struct Common {
     /// The config file the gateway runs with (`live-gateway --config FILE`).
     #[arg(long, global = true)]
     pub gateway_config: Option<PathBuf>,
+}
+
+impl Common {
+    /// The first (or only) `--server`.
+    pub fn server(&self) -> SocketAddr {
+        self.servers
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)))
+    }
+
+    /// The first (or only) `--server-pid`: the process whose RSS is reported.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server_pids.first().copied()
+    }
 }
 
 /// The scenarios of issue 6.
@@ -256,10 +285,10 @@ async fn history_for_run(common: &Common) -> anyhow::Result<&'static str> {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )?;
     let endpoint = crate::history::Endpoint {
-        server: common.server,
+        server: common.server(),
         url: format!(
             "ws://{}{}/?EIO=4&transport=websocket",
-            common.server,
+            common.server(),
             common.path.trim_end_matches('/')
         ),
         namespace: common.namespace.clone(),
@@ -309,7 +338,7 @@ mod tests {
             "10",
         ])
         .expect("parses");
-        assert_eq!(a.common.server_pid, Some(42));
+        assert_eq!(a.common.server_pid(), Some(42));
         assert_eq!(a.common.jwt_secret.as_deref(), Some("s"));
         assert!(matches!(
             a.scenario,
@@ -347,6 +376,39 @@ mod tests {
         .expect("parses");
         assert_eq!(a.common.history, Some(crate::history::Switch::Off));
         assert!(Args::try_parse_from(["live-bench", "idle", "--history", "on"]).is_err());
+    }
+
+    #[test]
+    fn several_servers_pids_and_redis_nodes_make_a_multi_replica_run() {
+        let a = Args::try_parse_from([
+            "live-bench",
+            "fanout",
+            "--server",
+            "127.0.0.1:3001",
+            "--server",
+            "127.0.0.1:3002",
+            "--server-pid",
+            "1",
+            "--server-pid",
+            "2",
+            "--redis",
+            "127.0.0.1:6379",
+            "--placement",
+            "spread",
+        ])
+        .expect("parses");
+        assert_eq!(a.common.servers.len(), 2);
+        assert_eq!(a.common.server().port(), 3001);
+        assert_eq!(a.common.server_pids, [1, 2]);
+        assert_eq!(a.common.redis.len(), 1);
+        assert_eq!(a.common.placement, Placement::Spread);
+        let one = Args::try_parse_from(["live-bench", "idle"]).expect("parses");
+        assert_eq!(
+            one.common.servers,
+            [SocketAddr::from(([127, 0, 0, 1], 3000))]
+        );
+        assert_eq!(one.common.placement, Placement::ByChannel);
+        assert!(one.common.redis.is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! Layout: the pure parts are `engineio` (wire framing), `stamp` (send time inside the chat
 //! text), `plan` (who joins which channel and who sends), `pacing` (when each sender sends),
-//! `stats` (percentiles), `search` (the saturation step-up), `report` (the summary) and `procfs` (the server's RSS and CPU time). The IO shell is `client`
+//! `stats` (percentiles), `search` (the saturation step-up), `replicas` (which gateway replica each
+//! connection uses), `report` (the summary), `procfs` (the servers' RSS and CPU time) and
+//! `redis_stats` (Redis's network byte counters). The IO shell is `client`
 //! (one task per connection) and `run` (the scenarios: phases, progress and the JSON report).
 //! `args` turns the command line into a scenario and a runtime. `abuse` runs the attacks of
 //! issue 11 against a gateway while honest members chat. `history` switches the gateway's
@@ -20,6 +22,8 @@ pub mod pacing;
 pub mod plan;
 pub mod procfs;
 pub mod recover;
+pub mod redis_stats;
+pub mod replicas;
 pub mod report;
 pub mod run;
 pub mod search;

@@ -181,10 +181,10 @@ pub async fn run(common: &Common, a: &Recover) -> anyhow::Result<serde_json::Val
         )
     };
     let endpoint = Arc::new(Endpoint {
-        server: common.server,
+        server: common.server(),
         url: format!(
             "ws://{}{}/?EIO=4&transport=websocket",
-            common.server,
+            common.server(),
             common.path.trim_end_matches('/')
         ),
         namespace: common.namespace.clone(),
@@ -271,7 +271,7 @@ pub async fn run(common: &Common, a: &Recover) -> anyhow::Result<serde_json::Val
     tokio::time::sleep(Duration::from_secs(a.gap_secs)).await;
     let target = head.load(Ordering::Relaxed);
     let cpu_before = common
-        .server_pid
+        .server_pid()
         .and_then(|pid| procfs::read_cpu_ticks(Some(pid)).ok());
     let reconnect_at = Instant::now();
     let _ = phase_tx.send(Phase::Reconnect { target });
@@ -293,7 +293,7 @@ pub async fn run(common: &Common, a: &Recover) -> anyhow::Result<serde_json::Val
     }
     let wall = reconnect_at.elapsed().as_secs_f64();
     let server_cpu_seconds = cpu_before.and_then(|before| {
-        let after = procfs::read_cpu_ticks(Some(common.server_pid?)).ok()?;
+        let after = procfs::read_cpu_ticks(Some(common.server_pid()?)).ok()?;
         Some(procfs::ticks_to_secs(after.saturating_sub(before)))
     });
     let _ = phase_tx.send(Phase::Done);

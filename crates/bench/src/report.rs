@@ -10,6 +10,9 @@ use crate::stats::Percentiles;
 pub struct Report {
     pub scenario: &'static str,
     pub parameters: serde_json::Value,
+    /// How many `--server`s the connections were placed on, and how.
+    pub replicas: usize,
+    pub placement: crate::replicas::Placement,
     pub connections: Connections,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerMemory>,
@@ -82,6 +85,32 @@ pub struct Round {
     pub irq_cpu_seconds: Option<f64>,
     /// The host's 1-minute load average at the end of the round (see `procfs`).
     pub loadavg_1m: Option<f64>,
+    /// Redis network traffic during the round, with `--redis`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisTraffic>,
+}
+
+/// What a round cost Redis on the network (over every `--redis` node).
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisTraffic {
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    /// Input plus output bytes per delivery.
+    pub bytes_per_delivery: Option<f64>,
+    /// Redis-to-gateway bytes per delivery: the fan-out Redis pays.
+    pub output_bytes_per_delivery: Option<f64>,
+}
+
+impl RedisTraffic {
+    pub fn new(bytes: crate::redis_stats::NetBytes, deliveries: u64) -> Self {
+        let per = |b: u64| (deliveries > 0).then(|| b as f64 / deliveries as f64);
+        Self {
+            input_bytes: bytes.input,
+            output_bytes: bytes.output,
+            bytes_per_delivery: per(bytes.input + bytes.output),
+            output_bytes_per_delivery: per(bytes.output),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,6 +193,21 @@ mod tests {
     fn cpu_per_delivery_is_in_microseconds() {
         assert_eq!(cpu_us_per_delivery(2.8, 400_000), Some(7.0));
         assert_eq!(cpu_us_per_delivery(1.0, 0), None);
+    }
+
+    #[test]
+    fn redis_bytes_are_spread_over_the_deliveries() {
+        let t = RedisTraffic::new(
+            crate::redis_stats::NetBytes {
+                input: 1_000,
+                output: 3_000,
+            },
+            100,
+        );
+        assert_eq!(t.bytes_per_delivery, Some(40.0));
+        assert_eq!(t.output_bytes_per_delivery, Some(30.0));
+        let none = RedisTraffic::new(crate::redis_stats::NetBytes::default(), 0);
+        assert_eq!(none.bytes_per_delivery, None);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::args::{self, Common, Scenario};
 use crate::client::{self, Command, Counters, Shared, Spec, Target};
 use crate::plan::{self, Plan};
 use crate::procfs;
+use crate::redis_stats;
+use crate::replicas;
 use crate::report::{self, Report};
 use crate::search::{Limits, Next, StepUp};
 use crate::stats;
@@ -30,6 +32,8 @@ const TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 /// Runs one scenario to its report.
 pub async fn run(common: Common, scenario: Scenario) -> anyhow::Result<Report> {
     let cpu_start = procfs::read_cpu_ticks(None).unwrap_or(0);
+    let replicas = common.servers.len();
+    let placement = common.placement;
     let mut report = match &scenario {
         Scenario::Idle(a) => idle(&common, a).await?,
         Scenario::Fanout(a) => fanout(&common, a).await?,
@@ -38,6 +42,8 @@ pub async fn run(common: Common, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Abuse(a) => crate::abuse::run(&common, a).await?,
         Scenario::Recover(_) => anyhow::bail!("the recover scenario runs in recover::run"),
     };
+    report.replicas = replicas;
+    report.placement = placement;
     report.bench_cpu_seconds = procfs::ticks_to_secs(
         procfs::read_cpu_ticks(None)
             .unwrap_or(0)
@@ -203,7 +209,15 @@ fn round_line(r: &report::Round) -> String {
         r.other_cpu_seconds.unwrap_or(f64::NAN),
         r.niced_cpu_seconds.unwrap_or(f64::NAN),
         r.loadavg_1m.unwrap_or(f64::NAN),
-    )
+    ) + &r.redis.as_ref().map_or_else(String::new, |t| {
+        format!(
+            ", redis {} B/delivery ({} B out)",
+            t.bytes_per_delivery
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}")),
+            t.output_bytes_per_delivery
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}")),
+        )
+    })
 }
 
 #[derive(Serialize)]
@@ -227,7 +241,12 @@ pub(crate) struct Harness {
     tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
     plan: Plan,
     join_on_connect: bool,
+    /// The first `--server-pid`, whose RSS is reported.
     server_pid: Option<u32>,
+    /// Every `--server-pid`: CPU is summed over them.
+    server_pids: Vec<u32>,
+    /// Every `--redis` node, for the network byte counters.
+    redis: Vec<std::net::SocketAddr>,
     rss_before_kb: Option<u64>,
     phase_timeout: Duration,
     connect_started: Instant,
@@ -249,7 +268,7 @@ impl Harness {
             .jwt_secret
             .as_deref()
             .context("--jwt-secret (or JWT_SECRET) is required")?;
-        let rss_before_kb = match common.server_pid {
+        let rss_before_kb = match common.server_pid() {
             Some(pid) => Some(
                 procfs::read_rss_kb(Some(pid))
                     .with_context(|| format!("reading /proc/{pid}/status"))?,
@@ -257,16 +276,23 @@ impl Harness {
             None => None,
         };
         let shared = Arc::new(Shared::new(plan.channels)?);
-        let target = Arc::new(Target {
-            server: common.server,
-            url: format!(
-                "ws://{}{}/?EIO=4&transport=websocket",
-                common.server,
-                common.path.trim_end_matches('/')
-            ),
-            namespace: common.namespace.clone(),
-            connect_timeout: Duration::from_secs(common.connect_timeout_secs),
-        });
+        let targets: Vec<Arc<Target>> = common
+            .servers
+            .iter()
+            .map(|&server| {
+                Arc::new(Target {
+                    server,
+                    url: format!(
+                        "ws://{}{}/?EIO=4&transport=websocket",
+                        server,
+                        common.path.trim_end_matches('/')
+                    ),
+                    namespace: common.namespace.clone(),
+                    connect_timeout: Duration::from_secs(common.connect_timeout_secs),
+                })
+            })
+            .collect();
+        anyhow::ensure!(!targets.is_empty(), "at least one --server is needed");
         let key = EncodingKey::from_secret(secret.as_bytes());
         let header = Header::new(Algorithm::HS256);
         let exp = client::unix_micros() / 1_000_000 + TOKEN_LIFETIME_SECS;
@@ -279,14 +305,19 @@ impl Harness {
                 exp,
             };
             let channel_index = plan.channel_of(conn);
-            specs.push(Spec {
-                token: jsonwebtoken::encode(&header, &claims, &key)?,
-                source: plan::source_addr(conn, common.source_ips),
-                channel: plan::channel_name(&common.channel_prefix, channel_index),
-                channel_index,
-                sender: plan.sender_of(conn).map(|s| (s, plan.senders)),
-                join_on_connect,
-            });
+            let replica =
+                replicas::replica_of(conn, plan.channels, targets.len(), common.placement);
+            specs.push((
+                replica,
+                Spec {
+                    token: jsonwebtoken::encode(&header, &claims, &key)?,
+                    source: plan::source_addr(conn, common.source_ips),
+                    channel: plan::channel_name(&common.channel_prefix, channel_index),
+                    channel_index,
+                    sender: plan.sender_of(conn).map(|s| (s, plan.senders)),
+                    join_on_connect,
+                },
+            ));
         }
         let (commands, rx) = watch::channel(Command::Hold);
         let tasks = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
@@ -295,13 +326,13 @@ impl Harness {
         let spawner_shared = Arc::clone(&shared);
         // The spawner runs beside the orchestrator so progress prints while connecting.
         tokio::spawn(async move {
-            for spec in specs {
+            for (replica, spec) in specs {
                 let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                     return;
                 };
                 let fut = client::run(
                     spec,
-                    Arc::clone(&target),
+                    Arc::clone(&targets[replica]),
                     Arc::clone(&spawner_shared),
                     rx.clone(),
                     permit,
@@ -316,7 +347,9 @@ impl Harness {
             tasks,
             plan,
             join_on_connect,
-            server_pid: common.server_pid,
+            server_pid: common.server_pid(),
+            server_pids: common.server_pids.clone(),
+            redis: common.redis.clone(),
             rss_before_kb,
             phase_timeout: Duration::from_secs(common.phase_timeout_secs),
             connect_started: Instant::now(),
@@ -382,9 +415,31 @@ impl Harness {
         }
     }
 
+    /// CPU ticks summed over every `--server-pid`; `None` without any, or when one cannot be
+    /// read (a sum missing a process would understate the cost).
     fn server_cpu_ticks(&self) -> Option<u64> {
-        self.server_pid
-            .and_then(|pid| procfs::read_cpu_ticks(Some(pid)).ok())
+        if self.server_pids.is_empty() {
+            return None;
+        }
+        self.server_pids
+            .iter()
+            .map(|&pid| procfs::read_cpu_ticks(Some(pid)).ok())
+            .sum()
+    }
+
+    /// Redis's network byte counters, with `--redis`; a failed read is reported once per round
+    /// and leaves the round without Redis figures.
+    async fn redis_bytes(&self) -> Option<redis_stats::NetBytes> {
+        if self.redis.is_empty() {
+            return None;
+        }
+        match redis_stats::read(&self.redis).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("redis INFO stats: {e:#}");
+                None
+            }
+        }
     }
 
     fn server_cpu_seconds_since(&self, before: Option<u64>) -> Option<f64> {
@@ -429,6 +484,7 @@ impl Harness {
             h.reset();
         }
         let cpu0 = self.server_cpu_ticks();
+        let redis0 = self.redis_bytes().await;
         let bench0 = procfs::read_cpu_ticks(None).unwrap_or(0);
         let host0 = procfs::read_host_cpu().ok();
         let started = Instant::now();
@@ -447,6 +503,7 @@ impl Harness {
         .await;
         let measured = started.elapsed().as_secs_f64();
         let server_cpu_seconds = self.server_cpu_seconds_since(cpu0);
+        let redis1 = self.redis_bytes().await;
         let bench_ticks = procfs::read_cpu_ticks(None)
             .unwrap_or(0)
             .saturating_sub(bench0);
@@ -487,6 +544,9 @@ impl Harness {
             niced_cpu_seconds: host.map(|h| procfs::ticks_to_secs(h.niced)),
             irq_cpu_seconds: host.map(|h| procfs::ticks_to_secs(h.irq)),
             loadavg_1m: procfs::read_loadavg_1m().ok(),
+            redis: redis0
+                .zip(redis1)
+                .map(|(before, after)| report::RedisTraffic::new(after.since(before), deliveries)),
         }
     }
 
@@ -535,6 +595,8 @@ impl Harness {
             saturation: None,
             join_storm: None,
             abuse: None,
+            replicas: 0,
+            placement: replicas::Placement::default(),
             bench_cpu_seconds: 0.0,
             bench_rss_kb,
         }

@@ -121,9 +121,21 @@ pub struct Args {
     pub max_payload_bytes: usize,
 
     /// Redis (>= 7) for running several replicas as one: cross-replica fan-out, shared rate
-    /// limits, mutes, viewer counts and presence. Without it the gateway runs alone.
+    /// limits, mutes, viewer counts and presence. Without it the gateway runs alone. The scheme
+    /// picks the deployment: redis:// (one server), redis-cluster:// (Redis Cluster),
+    /// redis-sentinel://host:26379?sentinelServiceName=<name> (Sentinel); rediss* for TLS.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// Redis password; overrides one in REDIS_URL (so the URL can live in a ConfigMap and the
+    /// password in a Secret).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// PEM bundle of the CA(s) that sign the Redis servers' certificates, for rediss* URLs.
+    /// Without it the system's trust store is used.
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
 
     /// Prefix of every Redis key and pub/sub channel, so several deployments can share a Redis.
     #[arg(long, env = "LIVE_REDIS_PREFIX", default_value = "live")]
@@ -234,6 +246,8 @@ pub struct ConnectionLimits {
 #[derive(Clone)]
 pub struct RedisSettings {
     pub url: String,
+    pub password: Option<String>,
+    pub tls_ca_file: Option<PathBuf>,
     pub prefix: String,
     pub pod: String,
 }
@@ -242,6 +256,7 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password.
         f.debug_struct("RedisSettings")
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("prefix", &self.prefix)
             .field("pod", &self.pod)
             .finish_non_exhaustive()
@@ -279,6 +294,8 @@ impl Args {
             shutdown_timeout_seconds,
             max_payload_bytes,
             redis_url,
+            redis_password,
+            redis_tls_ca_file,
             redis_prefix,
             pod_name,
             socket_buffer_packets,
@@ -432,9 +449,11 @@ impl Args {
                 "LIVE_MAX_PAYLOAD_BYTES must be at least 1024".into(),
             ));
         }
-        if redis_prefix.is_empty() || redis_prefix.contains(['#', ' ']) {
+        // '#' separates the adapter's channel name parts; braces would change the keys' Redis
+        // Cluster hash tags.
+        if redis_prefix.is_empty() || redis_prefix.contains(['#', ' ', '{', '}']) {
             return Err(Error::Startup(
-                "LIVE_REDIS_PREFIX must be non-empty without '#' or spaces".into(),
+                "LIVE_REDIS_PREFIX must be non-empty without '#', '{', '}' or spaces".into(),
             ));
         }
         let seconds = |name: &str, value: u64| {
@@ -475,6 +494,8 @@ impl Args {
             .filter(|u| !u.is_empty())
             .map(|url| RedisSettings {
                 url: url.to_owned(),
+                password: redis_password.clone().filter(|p| !p.is_empty()),
+                tls_ca_file: redis_tls_ca_file.clone(),
                 prefix: redis_prefix.clone(),
                 pod: pod_name
                     .clone()

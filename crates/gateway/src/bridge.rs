@@ -124,9 +124,18 @@ pub fn router<A: Adapter>(state: AdminState<A>) -> Router {
         .with_state(state)
 }
 
+/// Ready unless draining. A Redis outage does not fail readiness: every replica would be taken
+/// out of service at once, while each can still serve its own clients. The body says so, and
+/// `live_redis_up` is what to alert on.
 async fn readyz<A: Adapter>(State(s): State<AdminState<A>>) -> Response {
     if s.app.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if s.app.shared.is_some() && s.app.metrics.redis_up.get() == 0 {
+        (
+            StatusCode::OK,
+            "ready; redis unreachable: serving local clients only",
+        )
+            .into_response()
     } else {
         (StatusCode::OK, "ready").into_response()
     }
@@ -369,15 +378,18 @@ async fn viewers<A: Adapter>(
     let result = async {
         caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
-        let local = || room_ops(&s.io, channel).map(|ops| ops.sockets().len() as u64);
-        let count = match &s.app.shared {
-            // Cluster-wide from the pods' snapshots; this pod's own count if Redis cannot answer.
-            Some(shared) => match shared.viewers(channel, unix_millis()).await {
-                Ok(n) => n,
-                Err(()) => local()?,
-            },
-            None => local()?,
+        // This replica's members counted live, so a join is counted as soon as it is
+        // acknowledged; the other replicas' from their snapshots (this one alone if Redis
+        // cannot answer).
+        let local = room_ops(&s.io, channel)?.sockets().len() as u64;
+        let elsewhere = match &s.app.shared {
+            Some(shared) => shared
+                .viewers_elsewhere(channel, unix_millis())
+                .await
+                .unwrap_or(0),
+            None => 0,
         };
+        let count = local + elsewhere;
         Ok(json!({ "channelName": channel, "viewers": count }))
     }
     .await;
@@ -392,22 +404,21 @@ async fn user<A: Adapter>(
     let result = async {
         caller(&s.app, &headers).await?;
         let channel = checked_channel(&channel)?;
-        let local = || {
-            room_ops(&s.io, channel).map(|ops| {
-                ops.sockets().iter().any(|sock| {
-                    sock.extensions
-                        .get::<std::sync::Arc<Claims>>()
-                        .is_some_and(|c| c.user_id == user_id)
-                })
-            })
-        };
-        let present = match &s.app.shared {
-            Some(shared) => match shared.present(channel, &user_id, unix_millis()).await {
-                Ok(p) => p,
-                Err(()) => local()?,
-            },
-            None => local()?,
-        };
+        // Live on this replica first (a join is seen as soon as it is acknowledged), then the
+        // other replicas' snapshots.
+        let here = room_ops(&s.io, channel)?.sockets().iter().any(|sock| {
+            sock.extensions
+                .get::<std::sync::Arc<Claims>>()
+                .is_some_and(|c| c.user_id == user_id)
+        });
+        let present = here
+            || match &s.app.shared {
+                Some(shared) => shared
+                    .present_elsewhere(channel, &user_id, unix_millis())
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            };
         Ok(json!({ "channelName": channel, "userId": user_id, "present": present }))
     }
     .await;

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub history_recoveries: IntCounterVec,
     pub history_replayed: IntCounter,
     pub history_channels: IntGauge,
+    pub redis_room_subscriptions: IntGauge,
+    pub redis_snapshot_writes: IntCounter,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -140,7 +142,7 @@ impl Metrics {
             .expect("static metric definition");
         let redis_up = IntGauge::new(
             "live_redis_up",
-            "1 while both Redis connections are up; 0 while down (also 0 without REDIS_URL)",
+            "Whether Redis is reachable: 1 while both Redis connections answered a PING in the last 3 s, else 0 (also 0 without REDIS_URL)",
         )
         .expect("static metric definition");
         let redis_errors = IntCounterVec::new(
@@ -240,6 +242,16 @@ impl Metrics {
             "Channels whose history this gateway keeps in memory (0 with Redis)",
         )
         .expect("static metric definition");
+        let redis_room_subscriptions = IntGauge::new(
+            "live_redis_room_subscriptions",
+            "Channels whose Redis pub/sub channel this replica is subscribed to (its channels with local members, plus those lingering after their last member left)",
+        )
+        .expect("static metric definition");
+        let redis_snapshot_writes = IntCounter::new(
+            "live_redis_snapshot_writes_total",
+            "Rewrites of this replica's viewer and presence snapshot in Redis",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("live_build_info", "Build information; always 1"),
             &["version"],
@@ -278,6 +290,8 @@ impl Metrics {
             Box::new(history_recoveries.clone()),
             Box::new(history_replayed.clone()),
             Box::new(history_channels.clone()),
+            Box::new(redis_room_subscriptions.clone()),
+            Box::new(redis_snapshot_writes.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -315,6 +329,8 @@ impl Metrics {
             history_recoveries,
             history_replayed,
             history_channels,
+            redis_room_subscriptions,
+            redis_snapshot_writes,
         }
     }
 

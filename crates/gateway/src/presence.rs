@@ -10,7 +10,8 @@
 //! Room sizes here are this process's own members, kept by counting joins and leaves and
 //! re-synchronised from the adapter periodically (a remote `end` removes members without passing
 //! through this process's handlers; until the next resync the count is high, which only makes
-//! batching start earlier).
+//! batching start earlier). The decision adds the members the other replicas reported in their
+//! last snapshots (`others`), so a room spread over replicas is batched on its whole size.
 
 use std::collections::HashMap;
 
@@ -76,12 +77,13 @@ pub struct PresenceBook {
 }
 
 impl PresenceBook {
-    /// Records a join; batched when the room already had `threshold` or more local members.
-    pub fn joined(&mut self, channel: &str, user: &str, threshold: u32) -> Announce {
+    /// Records a join; batched when the room already had `threshold` or more members: the
+    /// local ones counted here plus `others` on other replicas.
+    pub fn joined(&mut self, channel: &str, user: &str, threshold: u32, others: u32) -> Announce {
         let size = self.sizes.entry(channel.to_owned()).or_default();
         let before = *size;
         *size += 1;
-        if before < threshold {
+        if before.saturating_add(others) < threshold {
             return Announce::Now;
         }
         let batch = self.pending.entry(channel.to_owned()).or_default();
@@ -92,8 +94,9 @@ impl PresenceBook {
         Announce::Batched
     }
 
-    /// Records a leave; batched when the room keeps `threshold` or more local members.
-    pub fn left(&mut self, channel: &str, user: &str, threshold: u32) -> Announce {
+    /// Records a leave; batched when the room keeps `threshold` or more members (local, plus
+    /// `others` on other replicas).
+    pub fn left(&mut self, channel: &str, user: &str, threshold: u32, others: u32) -> Announce {
         let after = match self.sizes.get_mut(channel) {
             Some(size) => {
                 *size = size.saturating_sub(1);
@@ -104,7 +107,7 @@ impl PresenceBook {
         if after == 0 {
             self.sizes.remove(channel);
         }
-        if after < threshold {
+        if after.saturating_add(others) < threshold {
             return Announce::Now;
         }
         let batch = self.pending.entry(channel.to_owned()).or_default();
@@ -148,9 +151,9 @@ mod tests {
     fn small_rooms_announce_every_join_and_leave_at_once() {
         let mut b = PresenceBook::default();
         for i in 0..3 {
-            assert_eq!(b.joined("c", &format!("u{i}"), 3), Announce::Now);
+            assert_eq!(b.joined("c", &format!("u{i}"), 3, 0), Announce::Now);
         }
-        assert_eq!(b.left("c", "u0", 3), Announce::Now);
+        assert_eq!(b.left("c", "u0", 3, 0), Announce::Now);
         assert!(b.take_batches().is_empty());
     }
 
@@ -158,11 +161,11 @@ mod tests {
     fn from_the_threshold_on_joins_and_leaves_are_batched() {
         let mut b = PresenceBook::default();
         for i in 0..3 {
-            b.joined("c", &format!("u{i}"), 3);
+            b.joined("c", &format!("u{i}"), 3, 0);
         }
-        assert_eq!(b.joined("c", "u3", 3), Announce::Batched);
-        assert_eq!(b.joined("c", "u4", 3), Announce::Batched);
-        assert_eq!(b.left("c", "u4", 3), Announce::Batched, "4 members stay");
+        assert_eq!(b.joined("c", "u3", 3, 0), Announce::Batched);
+        assert_eq!(b.joined("c", "u4", 3, 0), Announce::Batched);
+        assert_eq!(b.left("c", "u4", 3, 0), Announce::Batched, "4 members stay");
         assert_eq!(b.size("c"), 4);
         let batches = b.take_batches();
         assert_eq!(
@@ -190,7 +193,7 @@ mod tests {
     fn a_join_storm_lists_a_bounded_number_of_ids_but_counts_all() {
         let mut b = PresenceBook::default();
         for i in 0..10_000 {
-            b.joined("big", &format!("u{i}"), 1);
+            b.joined("big", &format!("u{i}"), 1, 0);
         }
         let batches = b.take_batches();
         assert_eq!(batches[0].1.joins, 9_999);
@@ -200,21 +203,32 @@ mod tests {
     #[test]
     fn ending_a_channel_forgets_its_size_and_pending_batch() {
         let mut b = PresenceBook::default();
-        b.joined("c", "a", 1);
-        b.joined("c", "b", 1);
+        b.joined("c", "a", 1, 0);
+        b.joined("c", "b", 1, 0);
         b.ended("c");
         assert_eq!(b.size("c"), 0);
         assert!(b.take_batches().is_empty());
-        assert_eq!(b.joined("c", "x", 1), Announce::Now);
+        assert_eq!(b.joined("c", "x", 1, 0), Announce::Now);
+    }
+
+    #[test]
+    fn members_on_other_replicas_count_toward_the_threshold() {
+        let mut b = PresenceBook::default();
+        // Three members elsewhere, the threshold is four.
+        assert_eq!(b.joined("c", "a", 4, 3), Announce::Now, "0 + 3 before");
+        assert_eq!(b.joined("c", "b", 4, 3), Announce::Batched, "1 + 3 before");
+        assert_eq!(b.left("c", "b", 4, 3), Announce::Batched, "4 stay");
+        assert_eq!(b.left("c", "a", 4, 3), Announce::Now, "3 stay");
+        assert_eq!(b.joined("c", "x", 4, 0), Announce::Now, "alone it is small");
     }
 
     #[test]
     fn resync_replaces_counted_sizes() {
         let mut b = PresenceBook::default();
-        b.joined("c", "a", 100);
+        b.joined("c", "a", 100, 0);
         b.resync([("c".to_owned(), 500), ("d".to_owned(), 2)]);
         assert_eq!(b.size("c"), 500);
         assert_eq!(b.size("d"), 2);
-        assert_eq!(b.joined("c", "z", 100), Announce::Batched);
+        assert_eq!(b.joined("c", "z", 100, 0), Announce::Batched);
     }
 }

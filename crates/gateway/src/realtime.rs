@@ -360,7 +360,7 @@ async fn enter_channel<A: Adapter>(
 ) {
     let room = protocol::room(channel);
     s.join(room.clone());
-    st.membership_changed();
+    st.room_joined(&room).await;
     st.metrics.presence_delta.with_label_values(&["join"]).inc();
     let now = unix_millis();
     let metrics_ping = protocol::MetricsPing {
@@ -461,7 +461,7 @@ async fn leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, v: &Val
 
 /// Tells the rest of a room that this socket left (by `leave` or by disconnecting).
 async fn announce_leave<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Session, channel: &str) {
-    st.membership_changed();
+    st.room_left(&protocol::room(channel));
     st.metrics
         .presence_delta
         .with_label_values(&["leave"])

@@ -143,25 +143,41 @@ pub async fn run(
             .await
         }
         Some(redis) => {
-            let (subscriber, pool) = cluster::clients(&redis.url)?;
-            let state = state.with_shared_hosts(pool.clone(), &redis.prefix);
+            let clients = cluster::clients(&redis)?;
+            let state = state.with_shared_hosts(clients.pool.clone(), &redis.prefix);
             let metrics = state.metrics.clone();
-            let driver =
-                ResilientDriver::start(subscriber.clone(), metrics.clone(), background.clone());
+            let driver = ResilientDriver::start(
+                clients.subscriber.clone(),
+                clients.mode,
+                metrics.clone(),
+                background.clone(),
+            );
             let driver_health = driver.clone();
-            let history = History::in_redis(pool.clone(), &redis.prefix, metrics.clone());
-            let store = SharedStore::start(pool, &redis.prefix, &redis.pod, metrics.clone());
-            cluster::spawn_health(subscriber, store.clone(), metrics, background.clone());
-            let state = state.with_shared(store).with_history(history);
+            let history = History::in_redis(clients.pool.clone(), &redis.prefix, metrics.clone());
+            let store =
+                SharedStore::start(clients.pool, &redis.prefix, &redis.pod, metrics.clone());
             let adapter = RedisAdapterCtr::new_with_driver(
                 driver,
                 RedisAdapterConfig::new()
                     .with_prefix(format!("{}-socket.io", redis.prefix))
                     .with_request_timeout(Duration::from_secs(2))
                     // Room traffic arrives in bursts (a hot channel): a deep buffer, and drops
-                    // beyond it are counted rather than blocking other namespaces.
-                    .with_stream_buffer(16 * 1024),
+                    // beyond it are counted rather than blocking other channels.
+                    .with_stream_buffer(16 * 1024)
+                    // Each channel's traffic on a pub/sub channel of its own, received only by
+                    // the replicas with members of it.
+                    .with_room_channels(cluster::room_channels()),
             );
+            let rooms = adapter.room_subscriptions();
+            cluster::spawn_health(
+                clients.subscriber,
+                store.clone(),
+                rooms.clone(),
+                metrics,
+                background.clone(),
+            );
+            spawn_room_sweeper(rooms.clone(), background.clone());
+            let state = state.with_shared(store, rooms).with_history(history);
             let (layer, io) = builder
                 .with_state(state.clone())
                 .with_adapter::<RedisAdapterT>(adapter)
@@ -187,7 +203,12 @@ pub async fn run(
                     "redis not reachable at startup: serving local clients, will keep retrying"
                 );
             }
-            tracing::info!(pod = %redis.pod, prefix = %redis.prefix, "redis mode: replicas share fan-out, limits, mutes and counts");
+            tracing::info!(
+                pod = %redis.pod,
+                prefix = %redis.prefix,
+                mode = clients.mode.label(),
+                "redis mode: replicas share fan-out, limits, mutes and counts"
+            );
             let public_app = public_router(state.clone(), layer, &settings.connection);
             serve(
                 settings,
@@ -367,6 +388,22 @@ fn spawn_presence_flusher<A: Adapter>(io: SocketIo<A>, state: AppState, stop: Ca
                 last_resync = tokio::time::Instant::now();
             }
             realtime::flush_presence(&io, &state, resync).await;
+        }
+    });
+}
+
+/// Every [`SWEEP_EVERY`], lets the subscriptions of channels without local members linger out:
+/// a safety net for removals no handler saw (the adapter and the leave handlers report the
+/// others at once).
+fn spawn_room_sweeper(rooms: cluster::Rooms, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = every.tick() => rooms.sweep(),
+            }
         }
     });
 }

@@ -12,7 +12,7 @@ use socketioxide::socket::Sid;
 use crate::auth::{AuthError, Claims, Purpose, Verifier};
 use crate::churn::{self, Churn};
 use crate::client_ip::PerSource;
-use crate::cluster::{SendDecision, SharedStore};
+use crate::cluster::{self, Rooms, SendDecision, SharedStore};
 use crate::config::RuntimeConfig;
 use crate::error::Error;
 use crate::lifecycle::Sessions;
@@ -57,6 +57,9 @@ pub struct AppState {
     pub shared: Option<SharedStore>,
     /// Channel history and recovery sessions: in this process, or in Redis with `shared`.
     pub history: History,
+    /// This replica's subscriptions to channels' Redis pub/sub channels, when Redis is
+    /// configured: told about every local join and leave.
+    pub rooms: Option<Rooms>,
 }
 
 impl AppState {
@@ -81,6 +84,7 @@ impl AppState {
             metrics,
             draining: Arc::default(),
             shared: None,
+            rooms: None,
         }
     }
 
@@ -90,9 +94,11 @@ impl AppState {
         self
     }
 
-    /// Shares limits, mutes and counts through Redis.
-    pub fn with_shared(mut self, shared: SharedStore) -> Self {
+    /// Shares limits, mutes and counts through Redis, and routes channel traffic through the
+    /// channels' own pub/sub channels.
+    pub fn with_shared(mut self, shared: SharedStore, rooms: Rooms) -> Self {
         self.shared = Some(shared);
+        self.rooms = Some(rooms);
         self
     }
 
@@ -142,13 +148,22 @@ impl AppState {
     /// Records a local join and says whether to announce it now or in the room's next batch.
     pub fn presence_joined(&self, channel: &str, user: &str) -> Announce {
         let threshold = self.config().gateway.presence.batch_threshold;
-        lock(&self.presence).joined(channel, user, threshold)
+        let others = self.members_elsewhere(channel);
+        lock(&self.presence).joined(channel, user, threshold, others)
     }
 
     /// Records a local leave and says whether to announce it now or in the room's next batch.
     pub fn presence_left(&self, channel: &str, user: &str) -> Announce {
         let threshold = self.config().gateway.presence.batch_threshold;
-        lock(&self.presence).left(channel, user, threshold)
+        let others = self.members_elsewhere(channel);
+        lock(&self.presence).left(channel, user, threshold, others)
+    }
+
+    /// Members of `channel` on the other replicas, as of their last snapshots (0 alone).
+    fn members_elsewhere(&self, channel: &str) -> u32 {
+        self.shared.as_ref().map_or(0, |s| {
+            u32::try_from(s.others_in(channel)).unwrap_or(u32::MAX)
+        })
     }
 
     pub fn presence_ended(&self, channel: &str) {
@@ -183,6 +198,33 @@ impl AppState {
     pub fn membership_changed(&self) {
         if let Some(shared) = &self.shared {
             shared.membership_changed();
+        }
+    }
+
+    /// A local socket joined `room`: refreshes shared counts soon and, with Redis, returns once
+    /// this replica receives the room's cross-replica traffic (at most
+    /// [`cluster::JOIN_SUBSCRIBE_WAIT`]: a slow Redis delays a join, never refuses it).
+    pub async fn room_joined(&self, room: &str) {
+        self.membership_changed();
+        if let Some(rooms) = &self.rooms {
+            // Cancellation-safe: a join that stops waiting leaves the subscription to finish.
+            let subscribed = tokio::time::timeout(
+                cluster::JOIN_SUBSCRIBE_WAIT,
+                rooms.joined(crate::realtime::NAMESPACE, room),
+            )
+            .await;
+            if !matches!(subscribed, Ok(Ok(()))) {
+                self.metrics.redis_error("subscribe");
+            }
+        }
+    }
+
+    /// A local socket left `room`: refreshes shared counts soon and lets the room's
+    /// subscription linger out if it was the last local member.
+    pub fn room_left(&self, room: &str) {
+        self.membership_changed();
+        if let Some(rooms) = &self.rooms {
+            rooms.left(crate::realtime::NAMESPACE, room);
         }
     }
 

@@ -53,7 +53,14 @@ fn redis() -> Option<Redis> {
 }
 
 async fn store(url: &str, prefix: &str) -> (History, fred::clients::Pool) {
-    let (_subscriber, pool) = live_gateway::cluster::clients(url).expect("client");
+    let settings = live_gateway::args::RedisSettings {
+        url: url.to_owned(),
+        password: None,
+        tls_ca_file: None,
+        prefix: prefix.to_owned(),
+        pod: "test".to_owned(),
+    };
+    let pool = live_gateway::cluster::clients(&settings).expect("client").pool;
     pool.init().await.expect("connects");
     (
         History::in_redis(pool.clone(), prefix, Metrics::new()),

@@ -1037,6 +1037,22 @@ mod tests {
             &with(serde_json::json!({"redis": {"mode": "External", "url": "http://r:6379"}})),
             "url must start with redis://",
         );
+        rejected(
+            &with(serde_json::json!({"redis": {"mode": "External", "url": "redis-clusterx://r"}})),
+            "url must start with redis://",
+        );
+        for url in [
+            "redis://r:6379",
+            "rediss://r:6380",
+            "redis-cluster://r:7000?node=r2:7000",
+            "rediss-cluster://r:7000",
+            "redis-sentinel://s:26379?sentinelServiceName=mymaster",
+            "rediss-sentinel://s:26379?sentinelServiceName=mymaster",
+        ] {
+            with(serde_json::json!({"redis": {"mode": "External", "url": url}}))
+                .validate_cel()
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The adapter's transport over fred: publishes and subscriptions that never fail a broadcast
-//! because Redis is away, and resubscription after every reconnection.
+//! because Redis is away, and resubscription after every reconnection. Sharded pub/sub on a
+//! Redis Cluster, plain pub/sub otherwise.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -8,20 +9,27 @@ use std::time::Duration;
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::Message;
+use futures::StreamExt;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::COMMAND_TIMEOUT;
+use super::{COMMAND_TIMEOUT, Mode};
 use crate::metrics::Metrics;
 
 type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
-/// The adapter's transport: fred sharded pub/sub that never fails a broadcast because Redis is
-/// away, and resubscribes after every reconnection.
+/// Subscriptions sent at once when resubscribing after a reconnection: fred pipelines them on
+/// the one connection, so thousands of channels come back in a few round trips, not thousands.
+const RESUBSCRIBE_CONCURRENCY: usize = 256;
+
+/// The adapter's transport: fred pub/sub that never fails a broadcast because Redis is away, and
+/// resubscribes after every reconnection.
 #[derive(Clone)]
 pub struct ResilientDriver {
     conn: SubscriberClient,
+    /// `SPUBLISH`/`SSUBSCRIBE` (Cluster) or `PUBLISH`/`SUBSCRIBE`.
+    sharded: bool,
     handlers: Handlers,
     /// Channels we want, kept by us rather than by fred, because fred only remembers a
     /// subscription that succeeded and we must also subscribe to those asked for while down.
@@ -33,7 +41,9 @@ pub struct ResilientDriver {
 
 impl std::fmt::Debug for ResilientDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResilientDriver").finish_non_exhaustive()
+        f.debug_struct("ResilientDriver")
+            .field("sharded", &self.sharded)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,9 +54,15 @@ pub struct DriverError(String);
 
 impl ResilientDriver {
     /// Starts connecting in the background and returns at once.
-    pub fn start(conn: SubscriberClient, metrics: Metrics, stop: CancellationToken) -> Self {
+    pub fn start(
+        conn: SubscriberClient,
+        mode: Mode,
+        metrics: Metrics,
+        stop: CancellationToken,
+    ) -> Self {
         let driver = Self {
             conn,
+            sharded: mode.sharded_pubsub(),
             handlers: Arc::default(),
             wanted: Arc::default(),
             confirmed: Arc::default(),
@@ -96,15 +112,26 @@ impl ResilientDriver {
                 .cloned()
                 .collect()
         };
-        for chan in missing {
-            self.try_subscribe(chan).await;
-        }
+        futures::stream::iter(missing)
+            .for_each_concurrent(RESUBSCRIBE_CONCURRENCY, |chan| self.try_subscribe(chan))
+            .await;
     }
 
     async fn try_subscribe(&self, chan: String) {
-        match tokio::time::timeout(COMMAND_TIMEOUT, self.conn.ssubscribe(chan.as_str())).await {
+        let sent = if self.sharded {
+            tokio::time::timeout(COMMAND_TIMEOUT, self.conn.ssubscribe(chan.as_str())).await
+        } else {
+            tokio::time::timeout(COMMAND_TIMEOUT, self.conn.subscribe(chan.as_str())).await
+        };
+        match sent {
             Ok(Ok(())) => {
-                write(&self.confirmed).insert(chan);
+                write(&self.confirmed).insert(chan.clone());
+                // Unsubscribed while this was in flight: undo, or the channel's traffic would
+                // keep arriving with no one to take it.
+                if !read(&self.wanted).contains(&chan) {
+                    write(&self.confirmed).remove(&chan);
+                    let _ = self.send_unsubscribe(chan).await;
+                }
             }
             Ok(Err(e)) => {
                 self.metrics.redis_error("subscribe");
@@ -114,6 +141,18 @@ impl ResilientDriver {
                 self.metrics.redis_error("subscribe");
                 tracing::warn!(chan, "subscribe timed out; will retry");
             }
+        }
+    }
+
+    async fn send_unsubscribe(&self, chan: String) -> Result<(), DriverError> {
+        let sent = if self.sharded {
+            tokio::time::timeout(COMMAND_TIMEOUT, self.conn.sunsubscribe(chan)).await
+        } else {
+            tokio::time::timeout(COMMAND_TIMEOUT, self.conn.unsubscribe(chan)).await
+        };
+        match sent {
+            Ok(r) => r.map_err(|e| DriverError(e.to_string())),
+            Err(_) => Err(DriverError("unsubscribe timed out".into())),
         }
     }
 
@@ -139,14 +178,15 @@ async fn pipe_messages(mut rx: broadcast::Receiver<Message>, handlers: Handlers,
     loop {
         match rx.recv().await {
             Ok(msg) => {
-                let chan = msg.channel.to_string();
+                let tx = read(&handlers).get(&*msg.channel).cloned();
+                let Some(tx) = tx else {
+                    // A channel unsubscribed a moment ago; its last messages are moot.
+                    continue;
+                };
                 let Some(data) = msg.value.into_owned_bytes() else {
                     continue;
                 };
-                let tx = read(&handlers).get(&chan).cloned();
-                if let Some(tx) = tx
-                    && tx.try_send((chan, data)).is_err()
-                {
+                if tx.try_send((msg.channel.to_string(), data)).is_err() {
                     metrics.redis_adapter_dropped.inc();
                 }
             }
@@ -166,9 +206,12 @@ impl Driver for ResilientDriver {
             self.metrics.redis_publish_skipped.inc();
             return Ok(());
         }
-        match tokio::time::timeout(COMMAND_TIMEOUT, self.conn.spublish::<u64, _, _>(chan, val))
-            .await
-        {
+        let sent = if self.sharded {
+            tokio::time::timeout(COMMAND_TIMEOUT, self.conn.spublish::<u64, _, _>(chan, val)).await
+        } else {
+            tokio::time::timeout(COMMAND_TIMEOUT, self.conn.publish::<u64, _, _>(chan, val)).await
+        };
+        match sent {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 self.metrics.redis_error("publish");
@@ -183,6 +226,9 @@ impl Driver for ResilientDriver {
         Ok(())
     }
 
+    /// Never fails: a channel that cannot be subscribed now is retried on every reconnection
+    /// and every second. Returns once the subscription is confirmed, or at once while Redis is
+    /// away, or after [`COMMAND_TIMEOUT`].
     async fn subscribe(
         &self,
         chan: String,
@@ -200,22 +246,20 @@ impl Driver for ResilientDriver {
     async fn unsubscribe(&self, chan: String) -> std::result::Result<(), DriverError> {
         write(&self.handlers).remove(&chan);
         write(&self.wanted).remove(&chan);
-        write(&self.confirmed).remove(&chan);
-        if self.conn.is_connected() {
-            self.conn
-                .sunsubscribe(chan)
-                .await
-                .map_err(|e| DriverError(e.to_string()))?;
+        let was_confirmed = write(&self.confirmed).remove(&chan);
+        if was_confirmed && self.conn.is_connected() {
+            self.send_unsubscribe(chan).await?;
         }
         Ok(())
     }
 
     async fn num_serv(&self, chan: &str) -> std::result::Result<u16, DriverError> {
-        let (_, n): (String, u16) = self
-            .conn
-            .pubsub_shardnumsub(chan)
-            .await
-            .map_err(|e| DriverError(e.to_string()))?;
+        let (_, n): (String, u16) = if self.sharded {
+            self.conn.pubsub_shardnumsub(chan).await
+        } else {
+            self.conn.pubsub_numsub(chan).await
+        }
+        .map_err(|e| DriverError(e.to_string()))?;
         Ok(n)
     }
 }
