@@ -42,6 +42,8 @@ pub enum Error {
     InvalidJson(String),
     #[error("field `{field}` is invalid: {reason}")]
     InvalidField { field: &'static str, reason: String },
+    #[error("too many console streams are open on this gateway")]
+    TooManyStreams,
     #[error("configuration: {0}")]
     Config(#[from] live_api::ConfigError),
     #[error("startup: {0}")]
@@ -70,6 +72,7 @@ impl Error {
             Self::Unauthorized(_) => "unauthorized",
             Self::InvalidJson(_) => "invalid_json",
             Self::InvalidField { .. } => "invalid_field",
+            Self::TooManyStreams => "too_many_streams",
             Self::Config(_) => "config",
             Self::Startup(_) => "startup",
             Self::Io(_) => "io",
@@ -97,6 +100,7 @@ impl Error {
             Self::Unauthorized(_) => "unauthorized".into(),
             Self::InvalidJson(m) => format!("Invalid JSON body: {m}"),
             Self::InvalidField { field, reason } => format!("Invalid field `{field}`: {reason}"),
+            Self::TooManyStreams => "Too many console streams are open; close one and retry".into(),
             Self::Config(_) | Self::Startup(_) | Self::Io(_) => "Internal error".into(),
         }
     }

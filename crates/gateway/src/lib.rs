@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bridge;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod drain;
 pub mod error;

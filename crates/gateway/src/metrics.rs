@@ -33,6 +33,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub redis_adapter_dropped: IntCounter,
     pub redis_publish_skipped: IntCounter,
+    pub console_requests: IntCounterVec,
+    pub console_streams: IntGauge,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -150,6 +152,19 @@ impl Metrics {
             "Broadcasts delivered locally only because Redis was unreachable",
         )
         .expect("static metric definition");
+        let console_requests = IntCounterVec::new(
+            Opts::new(
+                "live_console_requests_total",
+                "Web console API requests, by route and status code",
+            ),
+            &["route", "status"],
+        )
+        .expect("static metric definition");
+        let console_streams = IntGauge::new(
+            "live_console_streams",
+            "Web console event streams open on this gateway",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("live_build_info", "Build information; always 1"),
             &["version"],
@@ -177,6 +192,8 @@ impl Metrics {
             Box::new(redis_errors.clone()),
             Box::new(redis_adapter_dropped.clone()),
             Box::new(redis_publish_skipped.clone()),
+            Box::new(console_requests.clone()),
+            Box::new(console_streams.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -203,6 +220,8 @@ impl Metrics {
             redis_errors,
             redis_adapter_dropped,
             redis_publish_skipped,
+            console_requests,
+            console_streams,
         }
     }
 

@@ -316,10 +316,15 @@ async fn serve<A: Adapter>(
         );
     }
     spawn_presence_flusher(io.clone(), state.clone(), background.clone());
-    let admin_app = bridge::router(AdminState {
+    let admin_state = AdminState {
         app: state.clone(),
         io,
-    });
+    };
+    let admin_app = bridge::router(admin_state.clone()).merge(crate::console::router(
+        admin_state,
+        &settings,
+        background.clone(),
+    ));
 
     let connections = Connections::default();
     let stop_public = CancellationToken::new();
