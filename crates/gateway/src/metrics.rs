@@ -26,10 +26,12 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
     pub bridge_requests: IntCounterVec,
     pub emit_failures: IntCounter,
     pub draining: IntGauge,
     pub redis_up: IntGauge,
+    pub redis_configured: IntGauge,
     pub redis_errors: IntCounterVec,
     pub redis_adapter_dropped: IntCounter,
     pub redis_publish_skipped: IntCounter,
@@ -114,6 +116,12 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let config_last_reload_successful = IntGauge::new(
+            "live_config_last_reload_successful",
+            "1 unless the last config reload was refused (the last good config is still in force)",
+        )
+        .expect("static metric definition");
+        config_last_reload_successful.set(1);
         let bridge_requests = IntCounterVec::new(
             Opts::new(
                 "live_bridge_requests_total",
@@ -132,6 +140,11 @@ impl Metrics {
         let redis_up = IntGauge::new(
             "live_redis_up",
             "1 while both Redis connections are up; 0 while down (also 0 without REDIS_URL)",
+        )
+        .expect("static metric definition");
+        let redis_configured = IntGauge::new(
+            "live_redis_configured",
+            "1 when REDIS_URL is set (so live_redis_up 0 means Redis is unreachable, not unused)",
         )
         .expect("static metric definition");
         let redis_errors = IntCounterVec::new(
@@ -185,10 +198,12 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(auth_failures.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_successful.clone()),
             Box::new(bridge_requests.clone()),
             Box::new(emit_failures.clone()),
             Box::new(draining.clone()),
             Box::new(redis_up.clone()),
+            Box::new(redis_configured.clone()),
             Box::new(redis_errors.clone()),
             Box::new(redis_adapter_dropped.clone()),
             Box::new(redis_publish_skipped.clone()),
@@ -213,10 +228,12 @@ impl Metrics {
             errors,
             auth_failures,
             config_reloads,
+            config_last_reload_successful,
             bridge_requests,
             emit_failures,
             draining,
             redis_up,
+            redis_configured,
             redis_errors,
             redis_adapter_dropped,
             redis_publish_skipped,

@@ -115,6 +115,7 @@ pub async fn run(
         Some(redis) => {
             let (subscriber, pool) = cluster::clients(&redis.url)?;
             let metrics = state.metrics.clone();
+            metrics.redis_configured.set(1);
             let driver =
                 ResilientDriver::start(subscriber.clone(), metrics.clone(), background.clone());
             let driver_health = driver.clone();

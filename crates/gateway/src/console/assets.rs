@@ -158,7 +158,10 @@ mod tests {
                     !body.contains("style="),
                     "inline style attribute in index.html"
                 );
-                assert!(!has_inline_handler(body), "inline event handler in index.html");
+                assert!(
+                    !has_inline_handler(body),
+                    "inline event handler in index.html"
+                );
             }
             assert!(
                 !body.contains("http://") && !body.contains("https://") || path.ends_with(".svg"),
