@@ -167,25 +167,30 @@ pub async fn run_controller(
             .labels(MANAGED_BY_SELECTOR)
             .any_semantic()
     };
-    Controller::new(
+    let controller = Controller::new(
         api::<LiveRealtime>(&client, namespace),
         watcher::Config::default().any_semantic(),
-    )
-    .owns(api::<ConfigMap>(&client, namespace), owned())
-    .owns(api::<Deployment>(&client, namespace), owned())
-    .owns(api::<Service>(&client, namespace), owned())
-    .owns(api::<HorizontalPodAutoscaler>(&client, namespace), owned())
-    .owns(api::<PodDisruptionBudget>(&client, namespace), owned())
-    .owns(api::<NetworkPolicy>(&client, namespace), owned())
-    .with_config(controller::Config::default().concurrency(concurrency))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "controller event");
-        }
-    })
-    .await;
+    );
+    ctx.metrics
+        .register(Box::new(crate::readiness::ReadinessCollector::new(
+            controller.store(),
+        )));
+    controller
+        .owns(api::<ConfigMap>(&client, namespace), owned())
+        .owns(api::<Deployment>(&client, namespace), owned())
+        .owns(api::<Service>(&client, namespace), owned())
+        .owns(api::<HorizontalPodAutoscaler>(&client, namespace), owned())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), owned())
+        .owns(api::<NetworkPolicy>(&client, namespace), owned())
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
 }
 
 /// Settings of [`run`].
