@@ -1,279 +1,24 @@
-//! Many replicas as one, through Redis: the socketioxide-redis adapter for cross-replica fan-out
-//! (over our [`ResilientDriver`] for fred) and a [`SharedStore`] for per-user rate limits, mutes,
-//! and cluster-wide viewer counts and presence.
-//!
-//! Failure semantics, in one place: Redis being down must never take local traffic with it.
-//! - The driver never blocks or fails a broadcast: while Redis is unreachable a publish is
-//!   skipped (counted in `live_redis_publish_skipped_total`) and the adapter goes on to deliver
-//!   locally. Pub/sub is at-most-once: what was published during the outage is not replayed.
-//! - fred reconnects with exponential backoff; on every (re)connection the driver subscribes to
-//!   its channels again, so cross-replica delivery resumes by itself.
-//! - Rate limits and mutes fall back to the process-local limiter and mute table whenever a Redis
-//!   call fails or times out (`live_redis_errors_total{op}`); mutes are always recorded locally
-//!   too, so the replica that received a mute enforces it even during an outage.
-//! - Viewer counts and presence are per-pod snapshots with a TTL, refreshed every
-//!   [`SNAPSHOT_EVERY`]; a pod that dies without cleaning up drops out of every count within
-//!   [`POD_TTL`].
+//! Shared state in Redis: per-user rate limits and mutes, and the per-pod snapshots that
+//! cluster-wide viewer counts and presence are summed from.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use fred::clients::{Pool, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::clients::Pool;
+use fred::interfaces::ClientLike;
 use fred::types::scripts::Script;
-use fred::types::{Builder, Message, RespVersion};
-use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use super::COMMAND_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Kind, WINDOW};
 
-/// How long a command may take before we treat Redis as unavailable for it. Chat waits on the
-/// rate-limit script, so this bounds the extra latency an unhealthy Redis can add.
-const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often each pod republishes its viewer and presence snapshot.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 /// A pod whose snapshot is older than this is no longer counted.
 pub const POD_TTL: Duration = Duration::from_secs(10);
-
-/// Builds the two fred clients from a `redis://` URL: a subscriber client for the adapter and a
-/// small pool for shared state. Neither is connected yet.
-pub fn clients(url: &str) -> Result<(SubscriberClient, Pool)> {
-    let mut config =
-        Config::from_url(url).map_err(|e| Error::Startup(format!("REDIS_URL: {e}")))?;
-    // fred ignores `?protocol=resp3` in URLs; the sharded pub/sub the adapter uses needs RESP3.
-    config.version = RespVersion::RESP3;
-    // Start even when Redis is down: keep retrying in the background instead of failing.
-    config.fail_fast = false;
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.internal_command_timeout = Duration::from_secs(2);
-            // A command that failed is not retried on the next connection: callers fall back
-            // to local state instead of waiting.
-            c.max_command_attempts = 1;
-        })
-        // Retry forever, 100 ms doubling to 5 s.
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
-    let subscriber = builder
-        .build_subscriber_client()
-        .map_err(|e| Error::Startup(format!("redis subscriber client: {e}")))?;
-    let pool = builder
-        .build_pool(2)
-        .map_err(|e| Error::Startup(format!("redis pool: {e}")))?;
-    Ok((subscriber, pool))
-}
-
-type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
-
-/// The adapter's transport: fred sharded pub/sub that never fails a broadcast because Redis is
-/// away, and resubscribes after every reconnection.
-#[derive(Clone)]
-pub struct ResilientDriver {
-    conn: SubscriberClient,
-    handlers: Handlers,
-    /// Channels we want, kept by us rather than by fred, because fred only remembers a
-    /// subscription that succeeded and we must also subscribe to those asked for while down.
-    wanted: Arc<RwLock<HashSet<String>>>,
-    /// Channels subscribed on the current connection; cleared on every reconnection.
-    confirmed: Arc<RwLock<HashSet<String>>>,
-    metrics: Metrics,
-}
-
-impl std::fmt::Debug for ResilientDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResilientDriver").finish_non_exhaustive()
-    }
-}
-
-/// Why a driver call failed; the adapter only logs it.
-#[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct DriverError(String);
-
-impl ResilientDriver {
-    /// Starts connecting in the background and returns at once.
-    pub fn start(conn: SubscriberClient, metrics: Metrics, stop: CancellationToken) -> Self {
-        let driver = Self {
-            conn,
-            handlers: Arc::default(),
-            wanted: Arc::default(),
-            confirmed: Arc::default(),
-            metrics,
-        };
-        tokio::spawn(pipe_messages(
-            driver.conn.message_rx(),
-            driver.handlers.clone(),
-            driver.metrics.clone(),
-        ));
-        let resubscriber = driver.clone();
-        let mut reconnects = driver.conn.reconnect_rx();
-        tokio::spawn(async move {
-            // A subscription asked for while the connection was still being set up can be missed
-            // by the reconnect notification; the periodic check closes that gap.
-            let mut check = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    r = reconnects.recv() => match r {
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            write(&resubscriber.confirmed).clear();
-                            resubscriber.subscribe_wanted().await;
-                            tracing::info!("redis connected; cross-replica delivery active");
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    _ = check.tick() => resubscriber.subscribe_wanted().await,
-                }
-            }
-        });
-        // Drives the connection and its reconnections for the life of the process.
-        let _connection = driver.conn.connect();
-        driver
-    }
-
-    /// Subscribes to every wanted channel not yet subscribed on the current connection.
-    async fn subscribe_wanted(&self) {
-        if !self.conn.is_connected() {
-            return;
-        }
-        let missing: Vec<String> = {
-            let confirmed = read(&self.confirmed);
-            read(&self.wanted)
-                .iter()
-                .filter(|c| !confirmed.contains(*c))
-                .cloned()
-                .collect()
-        };
-        for chan in missing {
-            self.try_subscribe(chan).await;
-        }
-    }
-
-    async fn try_subscribe(&self, chan: String) {
-        match tokio::time::timeout(COMMAND_TIMEOUT, self.conn.ssubscribe(chan.as_str())).await {
-            Ok(Ok(())) => {
-                write(&self.confirmed).insert(chan);
-            }
-            Ok(Err(e)) => {
-                self.metrics.redis_error("subscribe");
-                tracing::warn!(chan, error = %e, "subscribe failed; will retry");
-            }
-            Err(_) => {
-                self.metrics.redis_error("subscribe");
-                tracing::warn!(chan, "subscribe timed out; will retry");
-            }
-        }
-    }
-
-    /// Whether every wanted channel is subscribed on a live connection.
-    pub fn is_subscribed(&self) -> bool {
-        self.conn.is_connected() && read(&self.wanted).is_subset(&read(&self.confirmed))
-    }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Forwards each pub/sub message to the adapter stream of its channel. A full stream drops the
-/// message (counted) instead of blocking every other channel behind it.
-async fn pipe_messages(mut rx: broadcast::Receiver<Message>, handlers: Handlers, metrics: Metrics) {
-    loop {
-        match rx.recv().await {
-            Ok(msg) => {
-                let chan = msg.channel.to_string();
-                let Some(data) = msg.value.into_owned_bytes() else {
-                    continue;
-                };
-                let tx = read(&handlers).get(&chan).cloned();
-                if let Some(tx) = tx
-                    && tx.try_send((chan, data)).is_err()
-                {
-                    metrics.redis_adapter_dropped.inc();
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                metrics.redis_adapter_dropped.inc_by(n);
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-impl Driver for ResilientDriver {
-    type Error = DriverError;
-
-    async fn publish(&self, chan: String, val: Vec<u8>) -> std::result::Result<(), DriverError> {
-        if !self.conn.is_connected() {
-            self.metrics.redis_publish_skipped.inc();
-            return Ok(());
-        }
-        match tokio::time::timeout(COMMAND_TIMEOUT, self.conn.spublish::<u64, _, _>(chan, val))
-            .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                self.metrics.redis_error("publish");
-                tracing::debug!(error = %e, "publish failed; delivering locally only");
-            }
-            Err(_) => {
-                self.metrics.redis_error("publish");
-                tracing::debug!("publish timed out; delivering locally only");
-            }
-        }
-        // Never fail: the adapter would otherwise skip the local delivery too.
-        Ok(())
-    }
-
-    async fn subscribe(
-        &self,
-        chan: String,
-        size: usize,
-    ) -> std::result::Result<MessageStream<ChanItem>, DriverError> {
-        let (tx, rx) = mpsc::channel(size);
-        write(&self.handlers).insert(chan.clone(), tx);
-        write(&self.wanted).insert(chan.clone());
-        if self.conn.is_connected() {
-            self.try_subscribe(chan).await;
-        }
-        Ok(MessageStream::new(rx))
-    }
-
-    async fn unsubscribe(&self, chan: String) -> std::result::Result<(), DriverError> {
-        write(&self.handlers).remove(&chan);
-        write(&self.wanted).remove(&chan);
-        write(&self.confirmed).remove(&chan);
-        if self.conn.is_connected() {
-            self.conn
-                .sunsubscribe(chan)
-                .await
-                .map_err(|e| DriverError(e.to_string()))?;
-        }
-        Ok(())
-    }
-
-    async fn num_serv(&self, chan: &str) -> std::result::Result<u16, DriverError> {
-        let (_, n): (String, u16) = self
-            .conn
-            .pubsub_shardnumsub(chan)
-            .await
-            .map_err(|e| DriverError(e.to_string()))?;
-        Ok(n)
-    }
-}
 
 /// What the shared check of a chat or gift decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,37 +399,6 @@ fn presence_field(channel: &str, user: &str) -> String {
     format!("{channel}\n{user}")
 }
 
-/// Logs Redis state changes and keeps `live_redis_up` current.
-pub fn spawn_health(
-    subscriber: SubscriberClient,
-    store: SharedStore,
-    metrics: Metrics,
-    stop: CancellationToken,
-) {
-    tokio::spawn(async move {
-        let mut was_up = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let up = subscriber.is_connected() && store.is_connected();
-            metrics.redis_up.set(i64::from(up));
-            if was_up != Some(up) {
-                if up {
-                    tracing::info!("redis is up");
-                } else {
-                    tracing::warn!(
-                        "redis is unreachable: serving local clients only, limits and mutes are per replica until it returns"
-                    );
-                }
-                was_up = Some(up);
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,10 +412,5 @@ mod tests {
             field.split_once('\n'),
             Some(("live.1", "user\nwith:odd chars"))
         );
-    }
-
-    #[test]
-    fn a_bad_redis_url_is_a_startup_error() {
-        assert!(matches!(clients("not a url"), Err(Error::Startup(_))));
     }
 }
