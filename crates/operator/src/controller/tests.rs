@@ -25,6 +25,7 @@ const REDIS_NETWORK_POLICY: &str =
     "/apis/networking.k8s.io/v1/namespaces/live/networkpolicies/chat-redis";
 const HPA: &str = "/apis/autoscaling/v2/namespaces/live/horizontalpodautoscalers/chat";
 const PDB: &str = "/apis/policy/v1/namespaces/live/poddisruptionbudgets/chat";
+const DASHBOARD: &str = "/api/v1/namespaces/live/configmaps/chat-dashboard";
 const SERVICE_MONITOR: &str = "/apis/monitoring.coreos.com/v1/namespaces/live/servicemonitors/chat";
 const MONITORING_DISCOVERY: &str = "/apis/monitoring.coreos.com/v1";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/live/events";
@@ -233,6 +234,7 @@ async fn a_new_liverealtime_applies_every_child_then_writes_status() {
             format!("PATCH {SERVICE}"),
             format!("GET {HPA}"),
             format!("PATCH {PDB}"),
+            format!("GET {DASHBOARD}"),
             format!("PATCH {SERVICE_MONITOR}"),
             format!("PATCH {LRT}/status"),
         ]

@@ -2,8 +2,8 @@
 //! children whose feature is off, and the status patch.
 //!
 //! Expected flow: apply ConfigMap → (managed) Redis Deployment, Service and NetworkPolicy →
-//! gateway Deployment and Service → HPA → PDB → ServiceMonitor, deleting each optional child
-//! that is `None`.
+//! gateway Deployment and Service → HPA → PDB → Grafana dashboard → ServiceMonitor, deleting
+//! each optional child that is `None`.
 //!
 //! Guarantees: every apply uses the one field manager [`crate::MANAGER`] with `force`, so drift
 //! (an edited field we own) is put back on the next reconcile; a child is deleted only when its
@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::status::Observed;
-use super::{Children, gateway_name, redis_name, service_monitor};
+use super::{Children, gateway_name, grafana_dashboard, redis_name, service_monitor};
 use crate::MANAGER;
 use crate::crd::{LiveRealtime, LiveRealtimeStatus};
 use crate::error::{Error, Result};
@@ -214,6 +214,14 @@ pub async fn apply_children(
         apply_or_delete::<HorizontalPodAutoscaler>(client, ns, lr, &gateway, children.hpa.as_ref())
             .await?;
     apply_or_delete::<PodDisruptionBudget>(client, ns, lr, &gateway, children.pdb.as_ref()).await?;
+    apply_or_delete::<ConfigMap>(
+        client,
+        ns,
+        lr,
+        &grafana_dashboard::name(lr),
+        children.grafana_dashboard.as_ref(),
+    )
+    .await?;
     // Without the CRD there is nothing to apply or delete (and no such resource to ask about).
     if observed.service_monitor_crd {
         let ar: ApiResource = service_monitor::api_resource();

@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod configmap;
 pub mod deployment;
+pub mod grafana_dashboard;
 pub mod hpa;
 pub mod pdb;
 pub mod redis;
@@ -51,6 +52,7 @@ pub struct Children {
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub pdb: Option<PodDisruptionBudget>,
     pub service_monitor: Option<DynamicObject>,
+    pub grafana_dashboard: Option<ConfigMap>,
 }
 
 /// Builds every child of `lr`. Pure.
@@ -71,6 +73,12 @@ pub fn desired(lr: &LiveRealtime, facts: Facts) -> Children {
             .then(|| pdb::desired(lr)),
         service_monitor: (lr.spec.monitoring.service_monitor.enabled && facts.service_monitor_crd)
             .then(|| service_monitor::desired(lr)),
+        grafana_dashboard: lr
+            .spec
+            .monitoring
+            .grafana_dashboard
+            .enabled
+            .then(|| grafana_dashboard::desired(lr)),
     }
 }
 
@@ -88,6 +96,7 @@ pub fn to_yaml_documents(children: &Children) -> Vec<String> {
     docs.extend(children.hpa.as_ref().map(doc));
     docs.extend(children.pdb.as_ref().map(doc));
     docs.extend(children.service_monitor.as_ref().map(doc));
+    docs.extend(children.grafana_dashboard.as_ref().map(doc));
     docs
 }
 
@@ -227,6 +236,7 @@ mod tests {
         assert!(children.hpa.is_none());
         assert!(children.pdb.is_some());
         assert!(children.service_monitor.is_some());
+        assert!(children.grafana_dashboard.is_none(), "off by default");
     }
 
     #[test]
