@@ -32,6 +32,9 @@ pub fn desired(lr: &LiveRealtime) -> DynamicObject {
     obj.metadata = metadata;
     obj.data = json!({
         "spec": {
+            // `job` = the LiveRealtime's name (the instance label's value), whatever the scraped
+            // Service is called: the dashboard and alerts in deploy/monitoring join on it.
+            "jobLabel": "app.kubernetes.io/instance",
             "selector": {"matchLabels": selector_labels(lr, Component::Gateway)},
             "endpoints": [{
                 "port": "admin",
