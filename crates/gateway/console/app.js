@@ -286,8 +286,9 @@ function describe(item) {
       ], null];
     }
     case 'presence': {
+      // Observed by the console in the users present (cluster-wide, every 2 s).
       const d = Number(p.delta ?? 0);
-      return ['presence', [`${d > 0 ? '+' : ''}${d} `, person(p.userId, p.username)], null];
+      return ['presence', [person(p.userId, p.username), d > 0 ? ' joined' : ' left'], d > 0 ? p.userId : null];
     }
     case 'metrics':
       return ['metrics', [h('code', { text: JSON.stringify(p.metrics ?? p) })], null];
