@@ -80,16 +80,21 @@ export class EventParser {
   constructor(onEvent) {
     this.onEvent = onEvent;
     this.buffer = '';
+    this.afterCR = false;
     this.event = '';
     this.data = [];
   }
 
   push(chunk) {
     this.buffer += chunk;
+    // A CR may be the first half of a CRLF split across chunks: its LF is not a second line end.
+    if (this.afterCR && this.buffer.startsWith('\n')) this.buffer = this.buffer.slice(1);
+    this.afterCR = false;
     let nl;
     while ((nl = this.buffer.search(/\r\n|\r|\n/)) >= 0) {
       const line = this.buffer.slice(0, nl);
       const sep = this.buffer.startsWith('\r\n', nl) ? 2 : 1;
+      this.afterCR = sep === 1 && this.buffer[nl] === '\r' && nl + 1 === this.buffer.length;
       this.buffer = this.buffer.slice(nl + sep);
       this.line(line);
     }
