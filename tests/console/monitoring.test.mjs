@@ -11,7 +11,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
-import { repoRoot, startGateway, metricsText } from '../gateway/harness.mjs';
+import {
+  repoRoot, startGateway, metricsText, metricValue, connect, join, emitAck, user, chan, closeAllSockets, OK, nextEvent,
+} from '../gateway/harness.mjs';
 import { metricNames, variablesOf, substituteVariables, tokenize, GRAFANA_INTERVALS } from './promql.mjs';
 
 const monitoring = path.join(repoRoot, 'deploy', 'monitoring');
@@ -231,6 +233,22 @@ describe('PromQL', () => {
     let gw;
     before(async () => { gw = await startGateway(); });
     after(async () => { await gw?.stop(); });
+
+    test('ws_deliveries_total counts one delivery per recipient of a broadcast', async () => {
+      const channelName = chan();
+      const members = [];
+      for (let i = 0; i < 3; i += 1) {
+        const s = await connect(gw, user().token);
+        await join(s, channelName, { others: members });
+        members.push(s);
+      }
+      const before = metricValue(await metricsText(gw), 'ws_deliveries_total');
+      assert.deepEqual(await emitAck(members[0], 'chat:send', { channelName, message: 'one line, three members' }), OK);
+      for (const s of members) await nextEvent(s, 'chat:new');
+      const after = metricValue(await metricsText(gw), 'ws_deliveries_total');
+      assert.equal(after - before, 3);
+      closeAllSockets();
+    });
 
     test('every family on /metrics is one the source scan found (the scan misses nothing)', async () => {
       const { families } = exportedFromSource();

@@ -307,6 +307,10 @@ async fn serve<A: Adapter>(
     state
         .metrics
         .register_rooms(move || realtime::local_room_sizes(&metrics_io));
+    let deliveries_io = io.clone();
+    state
+        .metrics
+        .register_deliveries(move || deliveries_io.deliveries());
     let snapshots = CancellationToken::new();
     if let Some(shared) = &state.shared {
         let snapshot_io = io.clone();
