@@ -1,12 +1,15 @@
-# syntax=docker/dockerfile:1
 # Container images for live-realtime: one file, two final targets.
 #
 #   docker build --target gateway  -t ghcr.io/live-realtime/live-gateway:dev .
 #   docker build --target operator -t ghcr.io/live-realtime/live-operator:dev .
 #
 # The builder compiles both binaries once (release, --locked); each final stage is distroless
-# (glibc + libgcc + CA certificates, no shell, no package manager) running as the nonroot user
-# (uid 65532), the uid the operator's pod security contexts expect.
+# (glibc + libgcc + CA certificates, no shell, no package manager) running as uid:gid
+# 65532:65532, written numerically so a pod with `runAsNonRoot: true` and no `runAsUser` starts
+# (the kubelet cannot check a user *name* is not root) and OpenShift can still substitute its own.
+#
+# No `# syntax=` line: BuildKit's built-in frontend already understands `RUN --mount`, so a
+# build where no registry is reachable works once the two base images are present locally.
 
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
@@ -25,14 +28,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS gateway
 COPY --from=builder /out/live-gateway /usr/local/bin/live-gateway
-USER nonroot:nonroot
+USER 65532:65532
 # 3000: Socket.IO (public). 9091: admin (bridge, /metrics, /healthz, /readyz), cluster-internal.
 EXPOSE 3000 9091
 ENTRYPOINT ["/usr/local/bin/live-gateway"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS operator
 COPY --from=builder /out/live-operator /usr/local/bin/live-operator
-USER nonroot:nonroot
+USER 65532:65532
 # 8080: admin (/healthz, /readyz, /metrics).
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/live-operator"]

@@ -119,15 +119,20 @@ YAML
 
 # "KIND/NAME" of every child the operator creates for tier $1 with e2e_liverealtime (autoscaling,
 # managed Redis, PDB and ServiceMonitor on): what must be gone after the LiveRealtime is deleted.
+# The managed Redis password Secret is created at run time (a random password), so `render`
+# does not print it.
 e2e_children() {
   local name=$1
   printf '%s\n' \
     "configmap/${name}-config" \
     "deployment.apps/${name}" \
     "service/${name}" \
+    "service/${name}-admin" \
     "deployment.apps/${name}-redis" \
     "service/${name}-redis" \
     "networkpolicy.networking.k8s.io/${name}-redis" \
+    "poddisruptionbudget.policy/${name}-redis" \
+    "secret/${name}-redis" \
     "horizontalpodautoscaler.autoscaling/${name}" \
     "poddisruptionbudget.policy/${name}" \
     "servicemonitor.monitoring.coreos.com/${name}"

@@ -283,7 +283,7 @@ e2e_liverealtime "$name" "$ns" "$gateway_image" "$pull" 30 >"$work/liverealtime.
 kubectl apply -f "$work/secret.yaml" -f "$work/liverealtime.yaml"
 kubectl -n "$ns" wait --for=condition=Ready "liverealtime/$name" --timeout="${timeout}s"
 ok "LiveRealtime $name is Ready"
-# With autoscaling the Deployment starts at 1 replica and the HPA raises it to minReplicas (2).
+# The Deployment runs the LiveRealtime's replicas (default 2); the HPA scales the LiveRealtime.
 wait_until "two gateway pods are Ready" two_gateway_pods_ready
 
 step "6. chat across two gateway pods (socket.io-client through kubectl port-forward)"

@@ -14,7 +14,8 @@
 #   5. values.schema.json refuses bad values: helm lint and helm template both fail
 #   6. RBAC: the chart's roles grant exactly what `BIN rbac` prints (least privilege), for every
 #      values file; a tampered render must fail the check
-#   7. Dockerfile: targets gateway and operator, distroless nonroot final stages
+#   7. Dockerfile: targets gateway and operator, distroless nonroot final stages, numeric USER,
+#      no `# syntax=` frontend to pull
 #   8. e2e self-test (e2e/selftest.sh BIN): skip path, generated manifests, socket.io checks
 # Needs: python3 with pip (kubernetes-validate is installed when missing), node + npm for step 8.
 # The check functions run through run_step, which shellcheck cannot follow:
@@ -193,18 +194,20 @@ for target, binary in (("gateway", "live-gateway"), ("operator", "live-operator"
     if not base.startswith("gcr.io/distroless/") or not base.endswith(":nonroot"):
         problems.append(f"{target}: final image {base} is not a distroless :nonroot image")
     body = text.split(f"AS {target}", 1)[1].split("\nFROM ", 1)[0]
-    if not re.search(r"^USER\s+nonroot", body, re.M):
-        problems.append(f"{target}: no USER nonroot")
+    if not re.search(r"^USER\s+65532:65532\s*$", body, re.M):
+        problems.append(f"{target}: USER is not the numeric 65532:65532 (runAsNonRoot without runAsUser needs a number)")
     if f'ENTRYPOINT ["/usr/local/bin/{binary}"]' not in body:
         problems.append(f"{target}: ENTRYPOINT is not the {binary} binary (exec form)")
     if not re.search(r"^EXPOSE\s+\d", body, re.M):
         problems.append(f"{target}: no EXPOSE")
 if "--locked" not in text:
     problems.append("cargo build without --locked")
+if re.search(r"^#\s*syntax\s*=", text, re.M | re.I):
+    problems.append("a `# syntax=` directive pulls a frontend image: an air-gapped build fails at line 1")
 for p in problems:
     print("FAIL  Dockerfile:", p)
 if not problems:
-    print("ok    Dockerfile: targets gateway and operator, distroless nonroot, exec-form entrypoints")
+    print("ok    Dockerfile: targets gateway and operator, distroless nonroot, USER 65532:65532, no syntax directive, exec-form entrypoints")
 ignore = open(".dockerignore").read().split()
 for want in ("target", "target-*", ".tools"):
     if want not in ignore:

@@ -3,11 +3,13 @@
 #
 #   ./scripts/test.sh
 #
-# Steps: formatting and lints, the Rust unit and integration tests (workspace, one build), the
-# gateway end-to-end suite with the official socket.io-client (npm ci), the operator console in
-# headless Chromium and the Grafana dashboard / PrometheusRule checks (promtool), the operator's rendered
-# manifests validated against the Kubernetes schemas (kubernetes-validate from PyPI), and the
-# Helm chart checks (helm is fetched into .tools/ when missing; see scripts/fetch-tools.sh).
+# Steps: formatting and lints, the Rust unit and integration tests (workspace, one build; they
+# include the operator's envtest suite against a real kube-apiserver when ../shared/envtest or
+# KUBEBUILDER_ASSETS provides one), the gateway end-to-end suite with the official
+# socket.io-client (npm ci), the operator console in headless Chromium and the Grafana dashboard
+# / PrometheusRule checks (promtool), the operator's rendered manifests validated against the
+# Kubernetes schemas (kubernetes-validate from PyPI), and the Helm chart checks (helm is fetched
+# into .tools/ when missing; see scripts/fetch-tools.sh).
 # Needs: a Rust toolchain (rust-toolchain.toml pins it), Node >= 20 with npm, Python >= 3.9 with pip.
 # Installs with apt when missing and run as root: redis-server, chromium, prometheus (promtool).
 set -euo pipefail
@@ -65,6 +67,31 @@ fi
 if ! python3 -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1; then
   step "installing kubernetes-validate (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+
+# The operator's envtest suite (crates/operator/tests/envtest) starts etcd, kube-apiserver and
+# kube-controller-manager from KUBEBUILDER_ASSETS and applies the chart's RBAC from `helm
+# template`; without KUBEBUILDER_ASSETS it reports that it skipped.
+if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$root/../shared/envtest/unpack.sh" ]; then
+  KUBEBUILDER_ASSETS=$("$root/../shared/envtest/unpack.sh")
+  export KUBEBUILDER_ASSETS
+fi
+if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
+  for tool in openssl curl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+      if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+      else
+        echo "missing $tool (the envtest suite makes its PKI with openssl and polls with curl)" >&2
+        exit 1
+      fi
+    fi
+  done
+  tools_dir=$(scripts/fetch-tools.sh)
+  export LIVE_ENVTEST_HELM="$tools_dir/helm"
+  echo "envtest: KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS, helm $("$LIVE_ENVTEST_HELM" version --short)"
+else
+  echo "envtest: SKIPPED - no KUBEBUILDER_ASSETS and no ../shared/envtest: the operator's suite against a real apiserver does not run"
 fi
 
 step "cargo fmt --check"

@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "LIVE_OPERATOR_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Seconds between reconciles of a settled object without a watch event (drift on the
+    /// unwatched ServiceMonitor and HTTPRoute, optional-CRD discovery).
+    #[arg(long, env = "LIVE_OPERATOR_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub resync_seconds: u64,
     /// LiveRealtime objects reconciled in parallel.
     #[arg(long, env = "LIVE_OPERATOR_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
@@ -76,6 +80,9 @@ pub struct RenderArgs {
     /// Render as if the ServiceMonitor CRD were installed.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     pub service_monitor_crd: bool,
+    /// Render as if the Gateway API HTTPRoute CRD were installed.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub http_route_crd: bool,
 }
 
 /// Log output format.

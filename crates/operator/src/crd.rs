@@ -7,7 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EnvFromSource, EnvVar, PodSecurityContext, ResourceRequirements,
+    SecurityContext, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use live_api::{Cors, GatewayConfig, Limits, Moderation, Presence, RateLimits};
@@ -49,21 +53,34 @@ pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.4-alpine";
     printcolumn(
         name = "Ready",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        description = "ready / desired gateway pods",
+        json_path = ".status.readyRatio"
     ),
     printcolumn(
-        name = "Replicas",
-        type_ = "integer",
-        description = "gateway pods (ready / total in .status)",
-        json_path = ".status.replicas"
+        name = "Reason",
+        type_ = "string",
+        description = "reason of the Ready condition",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        description = "gateway image",
+        json_path = ".status.image"
+    ),
+    printcolumn(
+        name = "Redis",
+        type_ = "string",
+        priority = "1",
+        json_path = ".spec.redis.mode"
     ),
     printcolumn(
         name = "ConnsPerPod",
         type_ = "integer",
+        priority = "1",
         description = "autoscaling target: WebSocket connections per pod",
         json_path = ".spec.autoscaling.targetConnectionsPerPod"
     ),
-    printcolumn(name = "Redis", type_ = "string", json_path = ".spec.redis.mode"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -74,10 +91,15 @@ pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.4-alpine";
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
+    // Every derived name must be a valid DNS-1035 label (Service names) and no two LiveRealtimes
+    // may derive the same name: see `crate::reconcile::names`, which this rule is tested against.
+    validation = Rule::new(
+        "size(self.metadata.name) <= 57 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && !self.metadata.name.endsWith('-admin') && !self.metadata.name.endsWith('-config') && !self.metadata.name.endsWith('-redis')"
+    ).message("metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter) of at most 57 characters that does not end in -admin, -config or -redis: the operator derives Service names from it"),
     cel
 )]
-#[x_kube(validation = Rule::new("has(self.jwtSecretRef) != has(self.jwtPublicKey)")
-    .message("set exactly one of jwtSecretRef (HS256) or jwtPublicKey (RS256/ES256)"))]
+#[x_kube(validation = Rule::new("!(has(self.jwtSecretRef) && has(self.jwtPublicKey)) && (has(self.jwtSecretRef) || has(self.jwtPublicKey) || has(self.jwtKeysSecretRef))")
+    .message("set jwtKeysSecretRef, or exactly one of jwtSecretRef (HS256) or jwtPublicKey (RS256/ES256), or jwtKeysSecretRef with one of them"))]
 #[x_kube(validation = Rule::new(
     "!has(self.terminationGracePeriodSeconds) || self.terminationGracePeriodSeconds > self.drainSeconds + self.preStopSleepSeconds"
 ).message("terminationGracePeriodSeconds must be greater than drainSeconds + preStopSleepSeconds, or the kubelet kills pods mid-drain"))]
@@ -92,12 +114,13 @@ pub struct LiveRealtimeSpec {
     /// Names of Secrets (in this namespace) used to pull the gateway and Redis images.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<String>,
-    /// Gateway pods when autoscaling is off (default 2). Also the target of `kubectl scale`.
+    /// Gateway pods (default 2). The scale subresource's target: `kubectl scale`, and the HPA
+    /// when autoscaling is on (so turning autoscaling off keeps the count it reached).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
-    /// Horizontal autoscaling on WebSocket connections per pod. When enabled, an HPA owns the
-    /// replica count and `replicas` is ignored.
+    /// Horizontal autoscaling on WebSocket connections per pod. When enabled, an HPA scales this
+    /// LiveRealtime (its scale subresource, i.e. `replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
     /// HS256 signing secret: a key of a Secret in this namespace. Never inline.
@@ -106,6 +129,11 @@ pub struct LiveRealtimeSpec {
     /// Public-key verification (RS256 or ES256) instead of an HS256 secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_public_key: Option<JwtPublicKey>,
+    /// A Secret whose every key is one verification key, named by its `kid` (PEM public key or
+    /// HS256 secret). Mounted as a directory (`JWT_KEYS_DIR`): adding or removing a key reloads
+    /// without a restart, so keys rotate with two valid at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_keys_secret_ref: Option<SecretRef>,
     /// Required `iss` claim, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_issuer: Option<String>,
@@ -139,9 +167,21 @@ pub struct LiveRealtimeSpec {
     /// PodDisruptionBudget for the gateway pods.
     #[serde(default)]
     pub pod_disruption_budget: PodDisruptionBudgetSpec,
-    /// The gateway Service.
+    /// The public gateway Service (Socket.IO only).
     #[serde(default)]
     pub service: ServiceSpec,
+    /// The admin port (bridge, metrics, health): its own ClusterIP Service `NAME-admin`.
+    #[serde(default)]
+    pub admin: AdminSpec,
+    /// An optional Ingress in front of the public Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// An optional Gateway API HTTPRoute in front of the public Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_route: Option<HttpRouteSpec>,
+    /// Gateway pod settings: metadata, scheduling, security, env, volumes, sidecars.
+    #[serde(default)]
+    pub pod_template: PodTemplate,
     /// Seconds a terminating gateway keeps serving while it tells clients to reconnect
     /// elsewhere (default 20). Changing it restarts the pods.
     #[serde(default = "default_drain_seconds")]
@@ -205,6 +245,14 @@ pub struct SecretKeyRef {
     /// Key inside the Secret.
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
+}
+
+/// A whole Secret in the LiveRealtime's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Asymmetric token verification.
@@ -334,26 +382,77 @@ impl Default for ScaleDown {
 #[x_kube(validation = Rule::new(
     "self.mode == 'External' ? has(self.url) != has(self.urlSecretRef) : !has(self.url) && !has(self.urlSecretRef)"
 ).message("External redis needs exactly one of url or urlSecretRef; Managed redis takes neither"))]
+#[x_kube(validation = Rule::new(
+    "self.mode == 'External' || (!has(self.passwordSecretRef) && !has(self.tls))"
+).message("passwordSecretRef and tls are for External redis (Managed redis gets a generated password)"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
     /// `Managed` (default): the operator runs a single ephemeral Redis. `External`: bring your own.
     #[serde(default)]
     pub mode: RedisMode,
-    /// External only: `redis://` or `rediss://` URL without credentials (use urlSecretRef for those).
+    /// External only: the URL, without credentials (use urlSecretRef or passwordSecretRef for
+    /// those). Schemes: `redis://`, `rediss://` (TLS), `redis-cluster://`, `rediss-cluster://`,
+    /// `redis-sentinel://`, `rediss-sentinel://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')")
-        .message("url must start with redis:// or rediss://"))]
+    #[x_kube(validation = Rule::new("self.matches('^rediss?(-cluster|-sentinel)?://')")
+        .message("url must start with redis://, rediss://, redis-cluster://, rediss-cluster://, redis-sentinel:// or rediss-sentinel://"))]
     pub url: Option<String>,
     /// External only: a Secret key holding the URL (use when it carries a password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
+    /// External only: a Secret key holding the password (`REDIS_PASSWORD`, overrides the URL's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// External only: TLS settings for `rediss*://` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
     /// Managed only: Redis image (default `redis:7.4-alpine`; must be Redis 7 or newer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Managed only: Redis container resources. Default: requests 50m CPU / 64Mi, limit 256Mi.
+    /// `maxmemory` is 75% of the memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Managed only: the PodDisruptionBudget of the Redis pod.
+    #[serde(default)]
+    pub pod_disruption_budget: RedisDisruptionBudget,
+    /// Managed only: Redis pod settings (as for the gateway; no default topology spread).
+    #[serde(default)]
+    pub pod_template: PodTemplate,
+}
+
+/// TLS to an external Redis.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTls {
+    /// A Secret key holding the PEM CA bundle that signs the Redis server certificate
+    /// (`REDIS_TLS_CA_FILE`). Absent: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The managed Redis PodDisruptionBudget.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisDisruptionBudget {
+    /// Create it (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `1` (default) lets a node drain move Redis (gateways keep serving locally for the few
+    /// seconds it is away); `0` makes drains wait until you move it yourself.
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 0, max = 1))]
+    pub max_unavailable: i32,
+}
+
+impl Default for RedisDisruptionBudget {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_unavailable: default_max_unavailable(),
+        }
+    }
 }
 
 /// Redis provisioning mode.
@@ -467,12 +566,12 @@ impl Default for PodDisruptionBudgetSpec {
     }
 }
 
-/// The gateway Service (public Socket.IO port and admin port).
+/// The public gateway Service (Socket.IO port only, `appProtocol: kubernetes.io/ws`).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
-    /// Service type (default `ClusterIP`). With `NodePort` or `LoadBalancer` the admin port is
-    /// exposed too: prefer `ClusterIP` behind an Ingress or Gateway.
+    /// Service type (default `ClusterIP`). Only the Socket.IO port is on this Service; the admin
+    /// port has its own ClusterIP Service `NAME-admin`.
     #[serde(default, rename = "type")]
     pub type_: ServiceType,
     /// Service port for Socket.IO (default 80; the pod listens on 3000).
@@ -539,6 +638,187 @@ impl SessionAffinity {
     }
 }
 
+/// The admin port: HTTP bridge, `/metrics`, health. Never published outside the cluster.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSpec {
+    /// Let `admin`-role tokens call the bridge too (`LIVE_BRIDGE_ALLOW_ADMIN`). Default false:
+    /// only `service`-role tokens, so a moderator's token cannot drive the bridge.
+    #[serde(default)]
+    pub allow_admin_tokens: bool,
+    /// A NetworkPolicy on the gateway pods: the public port stays open, the admin port admits
+    /// only `from`.
+    #[serde(default)]
+    pub network_policy: AdminNetworkPolicy,
+}
+
+/// The admin-port NetworkPolicy.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminNetworkPolicy {
+    /// Create it (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Who may reach the admin port (e.g. your Prometheus' and app backends' namespaces). Empty:
+    /// no pod may (kubelet probes are not affected).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub from: Vec<NetworkPolicyPeer>,
+}
+
+/// An Ingress for the public Socket.IO port, with WebSocket-friendly timeouts.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Create the Ingress `NAME`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `ingressClassName` (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// The host clients connect to.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Path prefix routed to the gateway (default `/`).
+    #[serde(default = "default_path")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+    /// A TLS Secret (`kubernetes.io/tls`) for `host`; absent: plain HTTP at the Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Annotations, merged over the defaults (ingress-nginx timeouts of one hour and cookie
+    /// affinity when `service.sessionAffinity` is `ClientIP`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_path() -> String {
+    "/".to_owned()
+}
+
+/// A Gateway API HTTPRoute for the public Socket.IO port. TLS terminates at the Gateway's
+/// listener.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!self.enabled || size(self.parentRefs) > 0")
+    .message("an enabled httpRoute needs at least one parentRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// Create the HTTPRoute `NAME` (only where the gateway.networking.k8s.io CRDs exist).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The Gateways (listeners) to attach to.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub parent_refs: Vec<ParentRef>,
+    /// Host names the route matches (empty: the listeners' own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub hostnames: Vec<String>,
+    /// Path prefix routed to the gateway (default `/`).
+    #[serde(default = "default_path")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+}
+
+/// A Gateway API parent reference.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    /// Gateway name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Gateway namespace (default: the LiveRealtime's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Listener name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// Pod settings for the gateway or the managed Redis, in the manner of prometheus-operator's
+/// `podMetadata` and scheduling fields. Lists replace the operator's defaults only where noted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplate {
+    /// Extra pod labels and annotations. The operator's own labels are reserved.
+    #[serde(default)]
+    pub metadata: PodMetadata,
+    /// Node selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Topology spread. Absent: gateway pods spread over zones and nodes (`ScheduleAnyway`);
+    /// present (even empty): exactly these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// PriorityClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// ServiceAccount (default: the namespace's `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Mount the ServiceAccount token (default false: the gateway never calls the API).
+    #[serde(default)]
+    pub automount_service_account_token: bool,
+    /// Pod security context. Absent: `runAsNonRoot` and `seccompProfile: RuntimeDefault`, no
+    /// fixed UID for the gateway (the image's numeric user; OpenShift assigns its own), UID 999
+    /// for Redis. Present: replaces the default entirely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// Security context of the main container. Absent: restricted (no privilege escalation,
+    /// read-only root filesystem, all capabilities dropped). Present: replaces it entirely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<SecurityContext>,
+    /// Extra environment variables of the main container; one named like an operator-set
+    /// variable replaces it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub env: Vec<EnvVar>,
+    /// Extra `envFrom` sources of the main container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub env_from: Vec<EnvFromSource>,
+    /// Extra volumes (names starting with `live-` are reserved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(v, !v.name.startsWith('live-'))")
+        .message("volume names starting with live- are reserved for the operator"))]
+    pub volumes: Vec<Volume>,
+    /// Extra volume mounts of the main container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Extra containers run beside the main one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(c, c.name != 'gateway' && c.name != 'redis')")
+        .message("sidecar names gateway and redis are reserved"))]
+    pub sidecars: Vec<Container>,
+}
+
+/// Extra pod metadata.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMetadata {
+    /// Extra labels (not the operator's `app.kubernetes.io/{name,instance,component,part-of,managed-by}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/component', 'app.kubernetes.io/part-of', 'app.kubernetes.io/managed-by']))")
+        .message("the operator's app.kubernetes.io labels are reserved"))]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations (not `realtime.halobuzz.com/*`, which the operator sets).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('realtime.halobuzz.com/'))")
+        .message("realtime.halobuzz.com/ annotations are reserved for the operator"))]
+    pub annotations: BTreeMap<String, String>,
+}
+
 /// What the operator last observed and did.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -552,6 +832,12 @@ pub struct LiveRealtimeStatus {
     /// Gateway pods passing readiness.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// `ready/desired` gateway pods, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_ratio: Option<String>,
+    /// The gateway image the pods run (the default when `spec.image` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Label selector of the gateway pods (for the scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
@@ -561,8 +847,9 @@ pub struct LiveRealtimeStatus {
     /// sha256 of the restart-only settings on the pod template (changes roll the pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_hash: Option<String>,
-    /// `Ready`, `Progressing`, `Degraded`, `RedisReady`, `AutoscalingReady`,
-    /// `ServiceMonitorReady`, `ReconciliationPaused`. See docs/liverealtime.md.
+    /// `Ready`, `Reconciling`, `Stalled`, `Progressing`, `Degraded`, `RedisReady`,
+    /// `AutoscalingReady`, `ServiceMonitorReady`, `HTTPRouteReady`, `ReconciliationPaused`.
+    /// See docs/liverealtime.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -581,7 +868,7 @@ impl LiveRealtimeSpec {
         }
     }
 
-    /// True when an HPA owns the replica count.
+    /// True when an HPA scales this LiveRealtime.
     pub fn autoscaling_enabled(&self) -> bool {
         self.autoscaling.as_ref().is_some_and(|a| a.enabled)
     }
@@ -604,6 +891,41 @@ impl LiveRealtime {
             .as_ref()
             .and_then(|a| a.get(PAUSE_ANNOTATION))
             .is_some_and(|v| v == "true")
+    }
+}
+
+/// The CRD's CEL rules, compiled once to check many objects client-side (`render`, tests) the
+/// way the apiserver would. Compiling the rules of this large schema is the expensive part.
+pub struct CelRules(kube::core::cel::CompiledSchema);
+
+impl std::fmt::Debug for CelRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CelRules").finish_non_exhaustive()
+    }
+}
+
+impl CelRules {
+    /// Compiles the rules of the generated CRD.
+    pub fn new() -> Self {
+        let schema = LiveRealtime::crd().spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or_default();
+        Self(kube::core::cel::compile_schema(&schema))
+    }
+
+    /// Checks `lr` against every rule: `Err` carries the apiserver's messages.
+    pub fn check(&self, lr: &LiveRealtime) -> Result<(), String> {
+        let object = serde_json::to_value(lr).map_err(|e| e.to_string())?;
+        kube::core::cel::validate_compiled(&self.0, &object, None).map_err(|e| e.to_string())
+    }
+}
+
+impl Default for CelRules {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -668,11 +990,22 @@ mod tests {
         }
     }
 
+    /// Compiled once for every test of this module.
+    static RULES: std::sync::LazyLock<CelRules> = std::sync::LazyLock::new(CelRules::new);
+
+    trait Check {
+        fn validate_cel(&self) -> Result<(), String>;
+    }
+
+    impl Check for LiveRealtime {
+        fn validate_cel(&self) -> Result<(), String> {
+            RULES.check(self)
+        }
+    }
+
     fn rejected(lr: &LiveRealtime, message: &str) {
-        let err = lr
-            .validate_cel()
-            .expect_err("the apiserver would refuse this");
-        assert!(err.to_string().contains(message), "{err}");
+        let err = Check::validate_cel(lr).expect_err("the apiserver would refuse this");
+        assert!(err.contains(message), "{err}");
     }
 
     #[test]
@@ -733,15 +1066,116 @@ mod tests {
     }
 
     #[test]
-    fn exactly_one_auth_method_is_required() {
+    fn an_auth_method_is_required_and_hs256_and_public_key_exclude_each_other() {
         rejected(
             &with(serde_json::json!({"jwtSecretRef": null})),
-            "set exactly one of jwtSecretRef",
+            "set jwtKeysSecretRef, or exactly one of",
         );
         rejected(
             &with(serde_json::json!({"jwtPublicKey": {"secretRef": {"name": "k", "key": "pem"}}})),
-            "set exactly one of jwtSecretRef",
+            "set jwtKeysSecretRef, or exactly one of",
         );
+        with(serde_json::json!({"jwtSecretRef": null, "jwtKeysSecretRef": {"name": "keys"}}))
+            .validate_cel()
+            .unwrap();
+        with(serde_json::json!({"jwtKeysSecretRef": {"name": "keys"}}))
+            .validate_cel()
+            .unwrap();
+    }
+
+    fn named(name: &str) -> LiveRealtime {
+        let mut lr = LiveRealtime::test();
+        lr.metadata.name = Some(name.to_owned());
+        lr
+    }
+
+    #[test]
+    fn names_that_would_derive_invalid_or_colliding_names_are_refused() {
+        let message = "metadata.name must be a DNS-1035 label";
+        for bad in [
+            "chat.v2",
+            "1chat",
+            "chat-redis",
+            "chat-admin",
+            "chat-config",
+            &"a".repeat(58),
+        ] {
+            rejected(&named(bad), message);
+        }
+        for good in ["chat", "a", "chat-redis-eu", &"a".repeat(57)] {
+            named(good).validate_cel().unwrap();
+        }
+    }
+
+    #[test]
+    fn the_name_rule_matches_the_derived_names() {
+        use crate::reconcile::names;
+        let crd = serde_json::to_string(&LiveRealtime::crd()).unwrap();
+        assert!(crd.contains(&format!(
+            "size(self.metadata.name) <= {}",
+            names::MAX_NAME_LEN
+        )));
+        for suffix in names::SUFFIXES {
+            assert!(crd.contains(&format!("endsWith('{suffix}')")), "{suffix}");
+        }
+    }
+
+    #[test]
+    fn every_redis_url_scheme_of_the_gateway_is_accepted() {
+        for url in [
+            "redis://r:6379",
+            "rediss://r:6380",
+            "redis-cluster://r:6379",
+            "rediss-cluster://r:6380",
+            "redis-sentinel://s:26379/0?sentinelServiceName=mymaster",
+            "rediss-sentinel://s:26379",
+        ] {
+            with(serde_json::json!({"redis": {"mode": "External", "url": url}}))
+                .validate_cel()
+                .unwrap();
+        }
+        rejected(
+            &with(serde_json::json!({"redis": {"mode": "External", "url": "redis+tls://r"}})),
+            "url must start with redis://",
+        );
+        rejected(
+            &with(serde_json::json!({"redis": {"mode": "Managed",
+                "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}}})),
+            "passwordSecretRef and tls are for External redis",
+        );
+    }
+
+    #[test]
+    fn operator_labels_volumes_and_container_names_are_reserved() {
+        rejected(
+            &with(serde_json::json!({"podTemplate": {"metadata":
+                {"labels": {"app.kubernetes.io/instance": "x"}}}})),
+            "labels are reserved",
+        );
+        rejected(
+            &with(serde_json::json!({"podTemplate": {"metadata":
+                {"annotations": {"realtime.halobuzz.com/restart-hash": "x"}}}})),
+            "annotations are reserved",
+        );
+        rejected(
+            &with(
+                serde_json::json!({"podTemplate": {"volumes": [{"name": "live-config", "emptyDir": {}}]}}),
+            ),
+            "volume names starting with live-",
+        );
+        rejected(
+            &with(
+                serde_json::json!({"redis": {"podTemplate": {"sidecars": [{"name": "redis", "image": "x"}]}}}),
+            ),
+            "sidecar names gateway and redis are reserved",
+        );
+        with(
+            serde_json::json!({"podTemplate": {"metadata": {"labels": {"team": "chat"}},
+            "volumes": [{"name": "certs", "emptyDir": {}}],
+            "sidecars": [{"name": "proxy", "image": "envoy"}]}}),
+        )
+        .validate_cel()
+        .unwrap();
     }
 
     #[test]
@@ -786,8 +1220,10 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Ready", "Replicas", "ConnsPerPod", "Redis", "Age"]
+            ["Ready", "Reason", "Image", "Redis", "ConnsPerPod", "Age"]
         );
+        let ready = &version.additional_printer_columns.as_ref().unwrap()[0];
+        assert_eq!(ready.json_path, ".status.readyRatio");
     }
 
     #[test]
@@ -805,7 +1241,21 @@ mod tests {
         for (name, sub) in props {
             let path = format!("{prefix}.{name}");
             // Embedded Kubernetes types are documented upstream.
-            if name != "resources" {
+            const UPSTREAM: [&str; 12] = [
+                "resources",
+                "affinity",
+                "securityContext",
+                "containerSecurityContext",
+                "tolerations",
+                "env",
+                "envFrom",
+                "volumes",
+                "volumeMounts",
+                "sidecars",
+                "topologySpreadConstraints",
+                "from",
+            ];
+            if !UPSTREAM.contains(&name.as_str()) {
                 field_paths(sub, &path, out);
             }
             out.push(path);
@@ -823,14 +1273,19 @@ mod tests {
         let mut paths = Vec::new();
         field_paths(spec, "spec", &mut paths);
         assert!(paths.len() > 40);
+        // The managed Redis pod template is the gateway's type, documented once.
         let missing: Vec<_> = paths
             .iter()
+            .map(|p| p.replace("spec.redis.podTemplate.", "spec.podTemplate."))
             .filter(|p| !docs.contains(&format!("`{p}`")))
             .collect();
         assert!(missing.is_empty(), "docs/liverealtime.md lacks {missing:?}");
         use crate::reconcile::status::{reasons as r, types as t};
         for word in [
             t::READY,
+            t::RECONCILING,
+            t::STALLED,
+            t::HTTP_ROUTE_READY,
             t::PROGRESSING,
             t::DEGRADED,
             t::REDIS_READY,
@@ -859,6 +1314,12 @@ mod tests {
             r::RECONCILING,
             r::CONFIG_UPDATED,
             r::RESTART_SETTINGS_CHANGED,
+            r::SCALED_TO_ZERO,
+            r::APPLY_FAILED,
+            r::NAME_CONFLICT,
+            r::INVALID_SPEC,
+            r::MISSING_SECRET,
+            r::RECONCILED,
         ] {
             assert!(
                 docs.contains(&format!("`{word}`")),

@@ -16,6 +16,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A reconcile step failed; its reason and message are in the object's status.
+    #[error("{reason}: {message}")]
+    Step {
+        reason: &'static str,
+        message: String,
+    },
     /// Looking up or deleting the child of a disabled feature failed.
     #[error("deleting {kind} {name}: {source}")]
     Delete {
@@ -68,6 +74,11 @@ impl Error {
         match self {
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Apply { .. } => "apply",
+            Self::Step { reason, .. } => match *reason {
+                "NameConflict" => "name_conflict",
+                "MissingSecret" => "missing_secret",
+                _ => "apply",
+            },
             Self::Delete { .. } => "delete",
             Self::PatchStatus(_) => "patch_status",
             Self::Serialize { .. } => "serialize",

@@ -32,6 +32,7 @@ fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
         file,
         namespace,
         service_monitor_crd,
+        http_route_crd,
     } = args;
     let path = file.display().to_string();
     let text = if path == "-" {
@@ -46,6 +47,7 @@ fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
     };
     let facts = Facts {
         service_monitor_crd,
+        http_route_crd,
     };
     print!("{}", render::render(&path, &text, &namespace, facts)?);
     Ok(())
@@ -55,6 +57,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         admin_listen,
         watch_namespace,
+        resync_seconds,
         concurrency,
         leader_election,
         lease_name,
@@ -79,11 +82,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "live-operator".to_owned());
     let metrics = Arc::new(metrics::Metrics::new());
-    let ctx = Arc::new(context::Context::new(
-        client.clone(),
-        Some(identity.clone()),
-        metrics.clone(),
-    ));
+    let mut ctx = context::Context::new(client.clone(), Some(identity.clone()), metrics.clone());
+    ctx.resync = std::time::Duration::from_secs(resync_seconds);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let admin = tokio::spawn(admin::serve(
         admin_listen,

@@ -13,8 +13,13 @@ pub struct Rule {
     pub why: &'static str,
 }
 
-/// Server-side apply is `patch`; `get` backs deletion of disabled children and the lease.
-const CHILD_VERBS: &[&str] = &["get", "list", "watch", "patch", "delete"];
+/// Server-side apply is `patch`, and `create` as well when the object does not exist yet (the
+/// apiserver authorizes an apply that creates as a create). `list`/`watch` feed the caches,
+/// `get` the ownership check of an uncached name, `delete` the children of disabled features.
+const CHILD_VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+
+/// Children of optional CRDs are not watched (the CRD may be absent): read, apply, delete.
+const UNWATCHED_CHILD_VERBS: &[&str] = &["get", "create", "patch", "delete"];
 
 /// Every API group, resource and verb the operator uses. Nothing else.
 pub const RULES: &[Rule] = &[
@@ -34,7 +39,14 @@ pub const RULES: &[Rule] = &[
         group: "",
         resources: &["configmaps", "services"],
         verbs: CHILD_VERBS,
-        why: "gateway config, gateway and Redis Services",
+        why: "gateway config, gateway, admin and Redis Services",
+    },
+    Rule {
+        group: "",
+        resources: &["secrets"],
+        verbs: &["get", "list", "watch", "create", "delete"],
+        why: "referenced Secrets must exist (get) and roll pods when rotated (metadata watch); \
+              the managed Redis password is created once and deleted with managed Redis",
     },
     Rule {
         group: "apps",
@@ -56,15 +68,21 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         group: "networking.k8s.io",
-        resources: &["networkpolicies"],
+        resources: &["networkpolicies", "ingresses"],
         verbs: CHILD_VERBS,
-        why: "only gateway pods may reach the managed Redis",
+        why: "managed Redis and admin-port NetworkPolicies; the optional Ingress",
     },
     Rule {
         group: "monitoring.coreos.com",
         resources: &["servicemonitors"],
-        verbs: &["get", "patch", "delete"],
+        verbs: UNWATCHED_CHILD_VERBS,
         why: "gateway ServiceMonitor, when the CRD exists (not watched; resynced periodically)",
+    },
+    Rule {
+        group: "gateway.networking.k8s.io",
+        resources: &["httproutes"],
+        verbs: UNWATCHED_CHILD_VERBS,
+        why: "the optional HTTPRoute, when the CRD exists (not watched; resynced periodically)",
     },
     Rule {
         group: "events.k8s.io",
@@ -126,8 +144,12 @@ pub fn cluster_role_yaml() -> String {
 mod tests {
     use super::*;
 
+    /// Server-side apply of an object that does not exist yet is authorized as `create`: a
+    /// role with `patch` alone creates nothing (the chart once shipped exactly that). The
+    /// envtest suite proves the whole role sufficient against a real apiserver; this is the
+    /// cheap guard.
     #[test]
-    fn every_child_kind_has_a_rule() {
+    fn every_applied_child_kind_may_be_created_patched_read_and_deleted() {
         for (group, resource) in [
             ("", "configmaps"),
             ("", "services"),
@@ -135,14 +157,18 @@ mod tests {
             ("autoscaling", "horizontalpodautoscalers"),
             ("policy", "poddisruptionbudgets"),
             ("networking.k8s.io", "networkpolicies"),
+            ("networking.k8s.io", "ingresses"),
             ("monitoring.coreos.com", "servicemonitors"),
+            ("gateway.networking.k8s.io", "httproutes"),
         ] {
-            assert!(
-                RULES.iter().any(|r| r.group == group
-                    && r.resources.contains(&resource)
-                    && r.verbs.contains(&"patch")),
-                "{group}/{resource}"
-            );
+            for verb in ["get", "create", "patch", "delete"] {
+                assert!(
+                    RULES.iter().any(|r| r.group == group
+                        && r.resources.contains(&resource)
+                        && r.verbs.contains(&verb)),
+                    "{group}/{resource} lacks {verb}"
+                );
+            }
         }
     }
 

@@ -4,7 +4,9 @@
 //! (deploy/monitoring) fires on the second.
 //!
 //! The labels are bounded (`ready` is `true` or `false`): which object is not Ready is in
-//! `kubectl get lrt -A`, not in a metric label.
+//! `kubectl get lrt -A`, not in a metric label. An object this operator cannot decode (it
+//! writes `InvalidSpec` into its status) counts as not Ready; its wait is unknown, so it does
+//! not move the longest wait.
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::Store;
@@ -12,6 +14,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, IntGaugeVec, Opts};
 
+use crate::controller::Guarded;
 use crate::crd::LiveRealtime;
 use crate::reconcile::status::types::READY;
 
@@ -44,13 +47,18 @@ pub fn not_ready_since(lr: &LiveRealtime) -> Option<Timestamp> {
     }
 }
 
-/// Readiness over `objects` at `now`. Objects being deleted are left out. Pure.
+/// Readiness over `objects` (`None`: an object that could not be decoded) at `now`. Objects
+/// being deleted are left out. Pure.
 pub fn summarize<'a>(
-    objects: impl IntoIterator<Item = &'a LiveRealtime>,
+    objects: impl IntoIterator<Item = Option<&'a LiveRealtime>>,
     now: Timestamp,
 ) -> Readiness {
     let mut r = Readiness::default();
-    for lr in objects {
+    for object in objects {
+        let Some(lr) = object else {
+            r.not_ready += 1;
+            continue;
+        };
         if lr.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -68,7 +76,7 @@ pub fn summarize<'a>(
 
 /// The Prometheus collector over the controller's cache.
 pub struct ReadinessCollector {
-    store: Store<LiveRealtime>,
+    store: Store<Guarded>,
     descs: Vec<Desc>,
 }
 
@@ -98,7 +106,7 @@ fn longest() -> Gauge {
 }
 
 impl ReadinessCollector {
-    pub fn new(store: Store<LiveRealtime>) -> Self {
+    pub fn new(store: Store<Guarded>) -> Self {
         let mut descs: Vec<Desc> = counts().desc().into_iter().cloned().collect();
         descs.extend(longest().desc().into_iter().cloned());
         Self { store, descs }
@@ -112,7 +120,7 @@ impl Collector for ReadinessCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let objects = self.store.state();
-        let r = summarize(objects.iter().map(|o| o.as_ref()), Timestamp::now());
+        let r = summarize(objects.iter().map(|g| g.0.as_ref().ok()), Timestamp::now());
         let c = counts();
         c.with_label_values(&["true"])
             .set(i64::try_from(r.ready).unwrap_or(i64::MAX));
@@ -160,7 +168,7 @@ mod tests {
             with_ready("False", 100),
             with_ready("False", 400),
         ];
-        let r = summarize(&objects, at(700));
+        let r = summarize(objects.iter().map(Some), at(700));
         assert_eq!((r.ready, r.not_ready), (1, 2));
         assert_eq!(r.longest_not_ready_seconds, 600.0);
     }
@@ -169,7 +177,7 @@ mod tests {
     fn a_never_reconciled_object_has_waited_since_its_creation() {
         let mut lr = LiveRealtime::test();
         lr.metadata.creation_timestamp = Some(Time(at(50)));
-        let r = summarize([&lr], at(110));
+        let r = summarize([Some(&lr)], at(110));
         assert_eq!(
             (r.ready, r.not_ready, r.longest_not_ready_seconds),
             (0, 1, 60.0)
@@ -180,7 +188,7 @@ mod tests {
     fn everything_ready_or_being_deleted_is_no_wait() {
         let mut deleted = with_ready("False", 0);
         deleted.metadata.deletion_timestamp = Some(Time(at(1)));
-        let r = summarize([&with_ready("True", 0), &deleted], at(10_000));
+        let r = summarize([Some(&with_ready("True", 0)), Some(&deleted)], at(10_000));
         assert_eq!(
             r,
             Readiness {
@@ -192,14 +200,22 @@ mod tests {
     }
 
     #[test]
+    fn an_undecodable_object_is_not_ready_with_an_unknown_wait() {
+        let r = summarize([None, Some(&with_ready("True", 0))], at(10_000));
+        assert_eq!(
+            (r.ready, r.not_ready, r.longest_not_ready_seconds),
+            (1, 1, 0.0)
+        );
+    }
+
+    #[test]
     fn the_collector_reads_the_cache_at_scrape_time() {
-        let (store, mut writer) = kube::runtime::reflector::store::<LiveRealtime>();
+        let (store, mut writer) = kube::runtime::reflector::store::<Guarded>();
         let collector = ReadinessCollector::new(store);
         let registry = prometheus::Registry::new();
         registry.register(Box::new(collector)).unwrap();
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(with_ready(
-            "False", 0,
-        )));
+        let guard = kube::core::DeserializeGuard(Ok(with_ready("False", 0)));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(guard));
         let text = {
             let mut buf = Vec::new();
             prometheus::Encoder::encode(

@@ -16,6 +16,7 @@ pub fn parse(path: &str, text: &str, namespace: &str) -> Result<Vec<LiveRealtime
         reason,
     };
     let mut out = Vec::new();
+    let mut rules = None;
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| invalid(e.to_string()))?;
         if value.is_null() {
@@ -32,7 +33,9 @@ pub fn parse(path: &str, text: &str, namespace: &str) -> Result<Vec<LiveRealtime
         lr.metadata
             .namespace
             .get_or_insert_with(|| namespace.to_owned());
-        lr.validate_cel()
+        rules
+            .get_or_insert_with(crate::crd::CelRules::new)
+            .check(&lr)
             .map_err(|e| invalid(format!("{} violates a CRD rule: {e}", lr.name_any())))?;
         lr.spec
             .gateway_config()
@@ -47,8 +50,11 @@ pub fn parse(path: &str, text: &str, namespace: &str) -> Result<Vec<LiveRealtime
 pub fn render(path: &str, text: &str, namespace: &str, facts: Facts) -> Result<String> {
     let mut docs = Vec::new();
     for lr in parse(path, text, namespace)? {
+        // Without a cluster the Secrets are unknown: no secrets-hash annotation.
         docs.extend(reconcile::to_yaml_documents(&reconcile::desired(
-            &lr, facts,
+            &lr,
+            facts,
+            &reconcile::Digests::default(),
         )));
     }
     Ok(docs.iter().map(|d| format!("---\n{d}")).collect::<String>())
@@ -58,9 +64,7 @@ pub fn render(path: &str, text: &str, namespace: &str, facts: Facts) -> Result<S
 mod tests {
     use super::*;
 
-    const FACTS: Facts = Facts {
-        service_monitor_crd: true,
-    };
+    const FACTS: Facts = Facts::ALL;
 
     #[test]
     fn a_minimal_manifest_renders_every_default_child() {
@@ -137,6 +141,7 @@ mod tests {
     fn render_without_the_service_monitor_crd_leaves_it_out() {
         let facts = Facts {
             service_monitor_crd: false,
+            http_route_crd: true,
         };
         let out = render("basic.yaml", &example("basic.yaml"), "default", facts).unwrap();
         assert!(!out.contains("ServiceMonitor"));

@@ -34,6 +34,7 @@ fn render_prints_every_child_of_an_example() {
             "ConfigMap",
             "Deployment",
             "Service",
+            "Service",
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
             "ServiceMonitor"

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::metrics::Metrics;
+use crate::reconcile::secrets;
 use crate::reconcile::status::{reasons, types};
 
 const NS_PATH: &str = "/namespaces/live";
@@ -25,8 +26,11 @@ const REDIS_NETWORK_POLICY: &str =
     "/apis/networking.k8s.io/v1/namespaces/live/networkpolicies/chat-redis";
 const HPA: &str = "/apis/autoscaling/v2/namespaces/live/horizontalpodautoscalers/chat";
 const PDB: &str = "/apis/policy/v1/namespaces/live/poddisruptionbudgets/chat";
-const DASHBOARD: &str = "/api/v1/namespaces/live/configmaps/chat-dashboard";
 const SERVICE_MONITOR: &str = "/apis/monitoring.coreos.com/v1/namespaces/live/servicemonitors/chat";
+const ADMIN_SERVICE: &str = "/api/v1/namespaces/live/services/chat-admin";
+const REDIS_PDB: &str = "/apis/policy/v1/namespaces/live/poddisruptionbudgets/chat-redis";
+const REDIS_SECRET: &str = "/api/v1/namespaces/live/secrets/chat-redis";
+const SECRETS: &str = "/api/v1/namespaces/live/secrets";
 const MONITORING_DISCOVERY: &str = "/apis/monitoring.coreos.com/v1";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/live/events";
 
@@ -86,7 +90,13 @@ impl FakeApiServer {
                 }
             }
             "GET" => match self.objects.get(path) {
-                Some(obj) => (StatusCode::OK, obj.clone()),
+                Some(obj) => {
+                    let mut obj = obj.clone();
+                    if let Some(status) = self.statuses.get(path) {
+                        obj["status"] = status.clone();
+                    }
+                    (StatusCode::OK, obj)
+                }
                 None => not_found(),
             },
             "PATCH" => {
@@ -97,11 +107,35 @@ impl FakeApiServer {
                     self.objects.insert(parent.to_owned(), parent_obj.clone());
                     return (StatusCode::OK, parent_obj);
                 }
+                if body.get("status").is_some() && body.get("kind").is_none() {
+                    // A merge patch of status (an undecodable object's InvalidSpec).
+                    let mut parent = self.objects.get(path).cloned().unwrap_or(Value::Null);
+                    parent["status"] = body["status"].clone();
+                    return (StatusCode::OK, parent);
+                }
+                // Server-side apply: what the apiserver would add (a uid, our managed fields).
+                obj["metadata"]["uid"] = json!(format!("uid-{path}"));
+                obj["metadata"]["managedFields"] = json!([{
+                    "manager": "live-operator", "operation": "Apply", "apiVersion": "v1",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}
+                }]);
                 self.objects.insert(path.to_owned(), obj.clone());
                 if let Some(status) = self.statuses.get(path) {
                     obj["status"] = status.clone();
                 }
                 (StatusCode::OK, obj)
+            }
+            "POST" if path == SECRETS => {
+                let mut obj = body.clone();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                obj["metadata"]["uid"] = json!("redis-secret-uid");
+                obj["metadata"]["resourceVersion"] = json!("1");
+                self.objects
+                    .insert(format!("{SECRETS}/{name}"), obj.clone());
+                (StatusCode::CREATED, obj)
             }
             "DELETE" => match self.objects.remove(path) {
                 Some(obj) => (StatusCode::OK, obj),
@@ -113,21 +147,60 @@ impl FakeApiServer {
     }
 }
 
-/// Runs `reconcile` for `lr` against `server`; returns its result and the server afterwards.
+/// Runs `reconcile` for `lr` against `server` with a fresh context; returns its result and the
+/// server afterwards. Every Secret the spec references exists unless the test put a `Null` at
+/// its path.
 async fn reconcile_with(
+    lr: LiveRealtime,
+    server: FakeApiServer,
+) -> (Result<Action>, FakeApiServer) {
+    reconcile_in(None, lr, server).await
+}
+
+/// A Secret holding `keys`.
+fn secret(name: &str, keys: &[&str]) -> Value {
+    let data: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|k| ((*k).to_owned(), json!("c2VjcmV0")))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": "live", "uid": format!("uid-{name}")},
+           "data": data})
+}
+
+/// As [`reconcile_with`], with a given context (to reconcile twice with one memory).
+async fn reconcile_in(
+    ctx: Option<Arc<Context>>,
     lr: LiveRealtime,
     mut server: FakeApiServer,
 ) -> (Result<Action>, FakeApiServer) {
     server
         .objects
         .insert(LRT.to_owned(), serde_json::to_value(&lr).unwrap());
+    for reference in secrets::references(&lr) {
+        let path = format!("{SECRETS}/{}", reference.name);
+        match server.objects.get(&path) {
+            Some(Value::Null) => {
+                server.objects.remove(&path);
+            }
+            Some(_) => {}
+            None => {
+                let keys: Vec<&str> = reference.key.as_deref().into_iter().collect();
+                let keys = if keys.is_empty() { vec!["kid-1"] } else { keys };
+                server.objects.insert(path, secret(&reference.name, &keys));
+            }
+        }
+    }
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let ctx = Arc::new(Context::new(
-        client,
-        Some("test".into()),
-        Arc::new(Metrics::new()),
-    ));
+    let ctx = match ctx {
+        Some(ctx) => Arc::new(ctx.with_client(client)),
+        None => Arc::new(Context::new(
+            client,
+            Some("test".into()),
+            Arc::new(Metrics::new()),
+        )),
+    };
     let apiserver = tokio::spawn(async move {
         while let Some((request, send)) = handle.next_request().await {
             let (parts, body) = request.into_parts();
@@ -154,7 +227,8 @@ async fn reconcile_with(
         }
         server
     });
-    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(lr), ctx))
+    let guard = Arc::new(DeserializeGuard(Ok(lr)));
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(guard, ctx))
         .await
         .expect("reconcile finished");
     let server = tokio::time::timeout(Duration::from_secs(10), apiserver)
@@ -222,22 +296,51 @@ async fn a_new_liverealtime_applies_every_child_then_writes_status() {
     let (result, server) =
         reconcile_with(LiveRealtime::test(), FakeApiServer::with_crd().healthy()).await;
     result.unwrap();
+    let patches: Vec<String> = server
+        .recorded
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.path.clone())
+        .collect();
     assert_eq!(
-        server.requests(),
+        patches,
         [
-            format!("GET {MONITORING_DISCOVERY}"),
-            format!("PATCH {CONFIG_MAP}"),
-            format!("PATCH {REDIS_DEPLOYMENT}"),
-            format!("PATCH {REDIS_SERVICE}"),
-            format!("PATCH {REDIS_NETWORK_POLICY}"),
-            format!("PATCH {DEPLOYMENT}"),
-            format!("PATCH {SERVICE}"),
-            format!("GET {HPA}"),
-            format!("PATCH {PDB}"),
-            format!("GET {DASHBOARD}"),
-            format!("PATCH {SERVICE_MONITOR}"),
-            format!("PATCH {LRT}/status"),
+            CONFIG_MAP,
+            REDIS_DEPLOYMENT,
+            REDIS_SERVICE,
+            REDIS_NETWORK_POLICY,
+            REDIS_PDB,
+            DEPLOYMENT,
+            SERVICE,
+            ADMIN_SERVICE,
+            PDB,
+            SERVICE_MONITOR,
+            &format!("{LRT}/status"),
         ]
+    );
+    // Every apply is preceded by a read: nothing is applied over an object we do not own.
+    for path in &patches[..patches.len() - 1] {
+        let at = server
+            .recorded
+            .iter()
+            .position(|r| r.method == "PATCH" && &r.path == path)
+            .unwrap();
+        assert!(
+            server.recorded[..at]
+                .iter()
+                .any(|r| r.method == "GET" && &r.path == path),
+            "{path} applied without a read"
+        );
+    }
+    // The managed Redis password is generated once, by create.
+    let created = server.request("POST", SECRETS);
+    assert_eq!(created.body["metadata"]["name"], "chat-redis");
+    assert_eq!(
+        created.body["stringData"]["password"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
     );
     for r in server.recorded.iter().filter(|r| r.method == "PATCH") {
         assert!(
@@ -257,11 +360,24 @@ async fn a_new_liverealtime_applies_every_child_then_writes_status() {
     }
     let deployment = &server.request("PATCH", DEPLOYMENT).body;
     assert_eq!(deployment["spec"]["replicas"], 2);
+    let template = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        template["realtime.halobuzz.com/secrets-hash"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
     assert_eq!(
         server.request("PATCH", SERVICE_MONITOR).body["spec"]["endpoints"][0]["port"],
         "admin"
     );
     assert_eq!(server.status_condition(types::READY)["status"], "True");
+    assert_eq!(server.status_condition(types::STALLED)["status"], "False");
+    assert_eq!(
+        server.status_condition(types::RECONCILING)["status"],
+        "False"
+    );
     // A healthy first reconcile has nothing worth an event.
     assert!(
         server.event_reasons().is_empty(),
@@ -282,6 +398,8 @@ async fn the_status_patch_carries_generation_selector_hashes_and_conditions() {
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["replicas"], 2);
     assert_eq!(status["readyReplicas"], 2);
+    assert_eq!(status["readyRatio"], "2/2");
+    assert_eq!(status["image"], "ghcr.io/live-realtime/live-gateway:1.2.3");
     assert_eq!(
         status["selector"],
         "app.kubernetes.io/component=gateway,app.kubernetes.io/instance=chat,app.kubernetes.io/name=live-gateway"
@@ -298,11 +416,14 @@ async fn the_status_patch_carries_generation_selector_hashes_and_conditions() {
         types,
         [
             "Ready",
+            "Reconciling",
+            "Stalled",
             "Progressing",
             "Degraded",
             "RedisReady",
             "AutoscalingReady",
             "ServiceMonitorReady",
+            "HTTPRouteReady",
             "ReconciliationPaused"
         ]
     );
@@ -324,11 +445,45 @@ async fn an_unchanged_status_is_not_patched_again() {
 }
 
 #[tokio::test]
+async fn a_second_reconcile_of_an_unchanged_object_applies_nothing() {
+    let ctx = Arc::new(Context::new(
+        Client::new(
+            tower_test::mock::pair::<Request<Body>, Response<Body>>().0,
+            "default",
+        ),
+        None,
+        Arc::new(Metrics::new()),
+    ));
+    let (result, first) = reconcile_in(
+        Some(ctx.clone()),
+        LiveRealtime::test(),
+        FakeApiServer::with_crd().healthy(),
+    )
+    .await;
+    result.unwrap();
+    // The same objects (as the apiserver left them), the same operator memory.
+    let mut again = FakeApiServer::with_crd().healthy();
+    again.objects = first.objects.clone();
+    let lr: LiveRealtime = serde_json::from_value(first.objects[LRT].clone()).unwrap();
+    let (result, second) = reconcile_in(Some(ctx), lr, again).await;
+    result.unwrap();
+    let writes: Vec<String> = second
+        .requests()
+        .into_iter()
+        .filter(|r| !r.starts_with("GET"))
+        .collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+}
+
+#[tokio::test]
 async fn an_edited_child_is_put_back() {
     let mut server = FakeApiServer::with_crd().healthy();
     // Someone scaled the Deployment by hand and changed its image.
-    let mut edited =
-        serde_json::to_value(crate::reconcile::deployment::desired(&LiveRealtime::test())).unwrap();
+    let mut edited = serde_json::to_value(crate::reconcile::deployment::desired(
+        &LiveRealtime::test(),
+        None,
+    ))
+    .unwrap();
     edited["spec"]["replicas"] = json!(7);
     edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:latest");
     server.objects.insert(DEPLOYMENT.to_owned(), edited);
@@ -345,75 +500,38 @@ async fn an_edited_child_is_put_back() {
 }
 
 #[tokio::test]
-async fn turning_autoscaling_on_hands_replicas_over_before_dropping_the_field() {
-    let mut server = FakeApiServer::with_crd().healthy();
-    let mut live =
-        serde_json::to_value(crate::reconcile::deployment::desired(&LiveRealtime::test())).unwrap();
-    live["spec"]["replicas"] = json!(5);
-    live["metadata"]["managedFields"] = json!([{
-        "manager": "live-operator", "operation": "Apply", "apiVersion": "apps/v1",
-        "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}
-    }]);
-    server.objects.insert(DEPLOYMENT.to_owned(), live);
-    let (result, server) = reconcile_with(LiveRealtime::test().autoscaled(), server).await;
+async fn autoscaling_scales_the_liverealtime_and_the_deployment_follows_its_replicas() {
+    let mut lr = LiveRealtime::test().autoscaled();
+    // What the HPA wrote through the scale subresource.
+    lr.spec.replicas = 6;
+    let (result, server) = reconcile_with(lr, FakeApiServer::with_crd().healthy()).await;
     result.unwrap();
-    let deployment_requests: Vec<&Recorded> = server
-        .recorded
-        .iter()
-        .filter(|r| r.path == DEPLOYMENT)
-        .collect();
-    assert_eq!(deployment_requests.len(), 3, "{:#?}", server.requests());
-    assert_eq!(deployment_requests[0].method, "GET");
-    let handover = deployment_requests[1];
-    assert!(
-        handover
-            .query
-            .contains("fieldManager=live-operator-replicas-handover")
+    assert_eq!(
+        server.request("PATCH", DEPLOYMENT).body["spec"]["replicas"],
+        6
     );
-    assert_eq!(handover.body["spec"], json!({"replicas": 5}));
-    let apply = deployment_requests[2];
-    assert_eq!(apply.param("fieldManager"), Some("live-operator"));
-    assert!(apply.body["spec"].get("replicas").is_none());
-    assert_eq!(server.request("PATCH", HPA).body["spec"]["minReplicas"], 3);
+    let hpa = &server.request("PATCH", HPA).body["spec"];
+    assert_eq!(hpa["minReplicas"], 3);
+    assert_eq!(hpa["scaleTargetRef"]["kind"], "LiveRealtime");
 }
 
 #[tokio::test]
-async fn an_autoscaled_deployment_we_no_longer_own_replicas_of_is_not_handed_over_again() {
-    let mut server = FakeApiServer::with_crd().healthy();
-    let mut live = serde_json::to_value(crate::reconcile::deployment::desired(
-        &LiveRealtime::test().autoscaled(),
-    ))
-    .unwrap();
-    live["spec"]["replicas"] = json!(7);
-    server.objects.insert(DEPLOYMENT.to_owned(), live);
-    let (result, server) = reconcile_with(LiveRealtime::test().autoscaled(), server).await;
-    result.unwrap();
-    assert!(
-        server
-            .recorded
-            .iter()
-            .all(|r| !r.query.contains("replicas-handover")),
-        "{:#?}",
-        server.requests()
-    );
-}
-
-#[tokio::test]
-async fn turning_autoscaling_off_deletes_the_hpa_we_own() {
+async fn turning_autoscaling_off_deletes_the_hpa_we_own_and_keeps_the_count() {
     let mut server = FakeApiServer::with_crd().healthy();
     let hpa = crate::reconcile::hpa::desired(&LiveRealtime::test().autoscaled());
     let mut hpa = serde_json::to_value(hpa).unwrap();
     hpa["metadata"]["uid"] = json!("hpa-uid");
     server.objects.insert(HPA.to_owned(), hpa);
-    let (result, server) = reconcile_with(LiveRealtime::test(), server).await;
+    let mut lr = LiveRealtime::test();
+    lr.spec.replicas = 6;
+    let (result, server) = reconcile_with(lr, server).await;
     result.unwrap();
     let delete = server.request("DELETE", HPA);
     assert_eq!(delete.body["preconditions"]["uid"], "hpa-uid");
     assert!(!server.objects.contains_key(HPA));
-    // The Deployment goes back to a fixed replica count.
     assert_eq!(
         server.request("PATCH", DEPLOYMENT).body["spec"]["replicas"],
-        2
+        6
     );
 }
 
@@ -430,6 +548,51 @@ async fn a_same_named_child_we_do_not_own_is_left_alone() {
     result.unwrap();
     assert!(!server.requests().contains(&format!("DELETE {HPA}")));
     assert!(server.objects.contains_key(HPA));
+}
+
+#[tokio::test]
+async fn a_foreign_object_with_a_childs_name_is_never_applied_over_and_is_a_name_conflict() {
+    let mut server = FakeApiServer::with_crd().healthy();
+    let theirs = json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "chat", "namespace": "live", "uid": "theirs"},
+           "spec": {"ports": [{"port": 5432}]}});
+    server.objects.insert(SERVICE.to_owned(), theirs.clone());
+    let (result, server) = reconcile_with(LiveRealtime::test(), server).await;
+    assert_eq!(result.unwrap_err().code(), "name_conflict");
+    assert!(!server.requests().contains(&format!("PATCH {SERVICE}")));
+    assert_eq!(server.objects[SERVICE], theirs);
+    // The rest of the tier is applied, and the status says why it is not Ready.
+    assert!(server.requests().contains(&format!("PATCH {DEPLOYMENT}")));
+    let ready = server.status_condition(types::READY);
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::NAME_CONFLICT);
+    assert!(
+        ready["message"].as_str().unwrap().contains("Service chat"),
+        "{ready}"
+    );
+    assert_eq!(server.status_condition(types::STALLED)["status"], "True");
+    assert_eq!(server.event_reasons(), [reasons::NAME_CONFLICT]);
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_in_status_within_one_reconcile() {
+    let mut server = FakeApiServer::with_crd().healthy();
+    server
+        .objects
+        .insert(format!("{SECRETS}/chat-jwt"), Value::Null);
+    let (result, server) = reconcile_with(LiveRealtime::test(), server).await;
+    assert_eq!(result.unwrap_err().code(), "missing_secret");
+    let ready = server.status_condition(types::READY);
+    assert_eq!(ready["reason"], reasons::MISSING_SECRET);
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("Secret chat-jwt (spec.jwtSecretRef) not found"),
+        "{ready}"
+    );
+    // The children are applied anyway: the pods start as soon as the Secret exists.
+    assert!(server.requests().contains(&format!("PATCH {DEPLOYMENT}")));
 }
 
 #[tokio::test]
@@ -471,10 +634,11 @@ async fn disabling_monitoring_and_the_pdb_deletes_them() {
 async fn external_redis_deletes_the_managed_redis() {
     let mut server = FakeApiServer::with_crd().healthy();
     let lr = LiveRealtime::test();
+    let redis_secret = crate::reconcile::redis::desired_secret(&lr, "pw");
     for (path, obj) in [
         (
             REDIS_DEPLOYMENT,
-            serde_json::to_value(crate::reconcile::redis::desired_deployment(&lr)).unwrap(),
+            serde_json::to_value(crate::reconcile::redis::desired_deployment(&lr, None)).unwrap(),
         ),
         (
             REDIS_SERVICE,
@@ -484,6 +648,11 @@ async fn external_redis_deletes_the_managed_redis() {
             REDIS_NETWORK_POLICY,
             serde_json::to_value(crate::reconcile::redis::desired_network_policy(&lr)).unwrap(),
         ),
+        (
+            REDIS_PDB,
+            serde_json::to_value(crate::reconcile::redis::desired_pdb(&lr)).unwrap(),
+        ),
+        (REDIS_SECRET, serde_json::to_value(redis_secret).unwrap()),
     ] {
         let mut obj = obj;
         obj["metadata"]["uid"] = json!("redis-uid");
@@ -491,16 +660,18 @@ async fn external_redis_deletes_the_managed_redis() {
     }
     let (result, server) = reconcile_with(lr.external(), server).await;
     result.unwrap();
-    assert!(
-        server
-            .requests()
-            .contains(&format!("DELETE {REDIS_DEPLOYMENT}"))
-    );
-    assert!(
-        server
-            .requests()
-            .contains(&format!("DELETE {REDIS_SERVICE}"))
-    );
+    for path in [
+        REDIS_DEPLOYMENT,
+        REDIS_SERVICE,
+        REDIS_NETWORK_POLICY,
+        REDIS_PDB,
+        REDIS_SECRET,
+    ] {
+        assert!(
+            server.requests().contains(&format!("DELETE {path}")),
+            "{path} not deleted"
+        );
+    }
     assert_eq!(
         server.status_condition(types::REDIS_READY)["reason"],
         reasons::EXTERNAL
@@ -552,7 +723,11 @@ async fn a_liverealtime_being_deleted_is_left_to_garbage_collection() {
     ));
     let (result, server) = reconcile_with(lr, FakeApiServer::with_crd()).await;
     assert_eq!(result.unwrap(), Action::await_change());
-    assert!(server.recorded.is_empty(), "{:#?}", server.requests());
+    assert!(
+        server.recorded.iter().all(|r| r.method == "GET"),
+        "{:#?}",
+        server.requests()
+    );
 }
 
 #[tokio::test]
@@ -573,30 +748,107 @@ async fn an_invalid_gateway_config_applies_nothing_and_says_why() {
 }
 
 #[tokio::test]
-async fn a_failed_apply_is_an_error_with_a_stable_code() {
+async fn an_object_this_operator_cannot_decode_gets_invalid_spec_and_nothing_else() {
+    let mut raw = serde_json::to_value(LiveRealtime::test()).unwrap();
+    raw["spec"]["rateLimits"]["newField"] = json!(3);
+    let guard: Guarded = serde_json::from_value(raw.clone()).unwrap();
+    assert!(guard.0.is_err(), "the fixture must not decode");
+    let mut server = FakeApiServer::with_crd();
+    server.objects.insert(LRT.to_owned(), raw);
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
-    let ctx = Arc::new(Context::new(client, None, Arc::new(Metrics::new())));
+    let ctx = Arc::new(Context::new(
+        Client::new(service, "default"),
+        None,
+        Arc::new(Metrics::new()),
+    ));
     let apiserver = tokio::spawn(async move {
         while let Some((request, send)) = handle.next_request().await {
-            let (status, body) = if request.uri().path() == MONITORING_DISCOVERY {
-                not_found()
-            } else {
-                (
-                    StatusCode::FORBIDDEN,
-                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                           "message": "forbidden", "reason": "Forbidden", "code": 403}),
-                )
-            };
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let path = parts.uri.path().to_owned();
+            let (status, response) = server.handle(parts.method.as_str(), &path, &body);
+            server.recorded.push(Recorded {
+                method: parts.method.to_string(),
+                path,
+                query: String::new(),
+                body,
+            });
             send.send_response(
                 Response::builder()
                     .status(status)
-                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .body(Body::from(serde_json::to_vec(&response).unwrap()))
                     .unwrap(),
             );
         }
+        server
     });
-    let lr = Arc::new(LiveRealtime::test());
+    let action = reconcile(Arc::new(guard), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(DEFAULT_RESYNC));
+    let server = apiserver.await.unwrap();
+    assert_eq!(
+        server.requests(),
+        [
+            format!("GET {LRT}"),
+            format!("PATCH {LRT}/status"),
+            format!("POST {EVENTS}")
+        ]
+    );
+    let ready = server.status_condition(types::READY);
+    assert_eq!(ready["reason"], reasons::INVALID_SPEC);
+    assert!(
+        ready["message"].as_str().unwrap().contains("newField"),
+        "{ready}"
+    );
+    assert_eq!(server.status_condition(types::STALLED)["status"], "True");
+}
+
+#[tokio::test]
+async fn a_refused_apply_is_in_status_with_the_apiservers_message_and_one_warning() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Arc::new(Context::new(client, None, Arc::new(Metrics::new())));
+    let mut server = FakeApiServer::with_crd().healthy();
+    server.objects.insert(
+        format!("{SECRETS}/chat-jwt"),
+        secret("chat-jwt", &["secret"]),
+    );
+    server.objects.insert(
+        LRT.to_owned(),
+        serde_json::to_value(LiveRealtime::test()).unwrap(),
+    );
+    let apiserver = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let path = parts.uri.path().to_owned();
+            let (status, response) = if parts.method == "PATCH" && path == DEPLOYMENT {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": "Deployment.apps \"chat\" is invalid: spec.template.spec.containers[1].name: Invalid value: \"Bad_Name\"",
+                           "reason": "Invalid", "code": 422}),
+                )
+            } else {
+                server.handle(parts.method.as_str(), &path, &body)
+            };
+            server.recorded.push(Recorded {
+                method: parts.method.to_string(),
+                path,
+                query: String::new(),
+                body,
+            });
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                    .unwrap(),
+            );
+        }
+        server
+    });
+    let lr = Arc::new(DeserializeGuard(Ok(LiveRealtime::test())));
     let err = reconcile(lr.clone(), ctx.clone()).await.unwrap_err();
     assert_eq!(err.code(), "apply");
     let action = error_policy(lr, &err, ctx.clone());
@@ -607,7 +859,19 @@ async fn a_failed_apply_is_an_error_with_a_stable_code() {
             .contains("live_operator_reconcile_errors_total{code=\"apply\"} 1")
     );
     drop(ctx);
-    apiserver.await.unwrap();
+    let server = apiserver.await.unwrap();
+    let ready = server.status_condition(types::READY);
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::APPLY_FAILED);
+    assert!(
+        ready["message"].as_str().unwrap().contains("Bad_Name")
+            && ready["message"].as_str().unwrap().contains("(422)"),
+        "{ready}"
+    );
+    assert_eq!(server.status_condition(types::STALLED)["status"], "True");
+    assert_eq!(server.event_reasons(), [reasons::APPLY_FAILED]);
+    // Everything else was still applied.
+    assert!(server.requests().contains(&format!("PATCH {SERVICE}")));
 }
 
 #[test]

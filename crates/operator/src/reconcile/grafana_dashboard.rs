@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{Value, json};
 
-use super::{Component, child_meta, gateway_name, sha256_hex};
+use super::{Component, child_meta, gateway_name, names, sha256_hex};
 use crate::crd::LiveRealtime;
 
 /// The live-realtime dashboard, as shipped in `deploy/monitoring/`.
@@ -17,7 +17,7 @@ pub const DASHBOARD_JSON: &str =
 
 /// Name of the dashboard ConfigMap.
 pub fn name(lr: &LiveRealtime) -> String {
-    format!("{}-dashboard", gateway_name(lr))
+    format!("{}{}", gateway_name(lr), names::DASHBOARD_SUFFIX)
 }
 
 fn namespace(lr: &LiveRealtime) -> String {

@@ -1,6 +1,11 @@
 //! The HorizontalPodAutoscaler (autoscaling/v2) on the gateway's per-pod `ws_active_connections`
 //! metric. Scale-up is fast; scale-down is slow because every removed pod makes its clients
 //! reconnect onto the survivors, which inflates the metric again.
+//!
+//! It scales the LiveRealtime itself, through its scale subresource (`spec.replicas`,
+//! `status.replicas`, `status.selector`), not the Deployment: the operator stays the only writer
+//! of the Deployment's `replicas`, and turning autoscaling off keeps the count the HPA reached
+//! (it is in `spec.replicas`) instead of snapping back.
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
@@ -8,6 +13,8 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, PodsMetricSource,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use kube::Resource;
 
 use super::{Component, child_meta, gateway_name};
 use crate::crd::LiveRealtime;
@@ -23,8 +30,8 @@ pub fn desired(lr: &LiveRealtime) -> HorizontalPodAutoscaler {
         metadata: child_meta(lr, gateway_name(lr), Component::Gateway),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
-                api_version: Some("apps/v1".to_owned()),
-                kind: "Deployment".to_owned(),
+                api_version: Some(LiveRealtime::api_version(&()).into_owned()),
+                kind: LiveRealtime::kind(&()).into_owned(),
                 name: gateway_name(lr),
             },
             min_replicas: Some(autoscaling.min_replicas),
@@ -92,6 +99,18 @@ mod tests {
             (p.type_.as_str(), p.value, p.period_seconds),
             ("Pods", 1, 120)
         );
+    }
+
+    #[test]
+    fn the_hpa_scales_the_liverealtime_not_the_deployment() {
+        let hpa = desired(&LiveRealtime::test().autoscaled());
+        let target = hpa.spec.unwrap().scale_target_ref;
+        assert_eq!(target.kind, "LiveRealtime");
+        assert_eq!(
+            target.api_version.as_deref(),
+            Some("realtime.halobuzz.com/v1alpha1")
+        );
+        assert_eq!(target.name, "chat");
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The prometheus-operator ServiceMonitor for the gateway's admin port. No typed crate supports
+//! The prometheus-operator ServiceMonitor for the gateway's admin port (it selects the admin
+//! Service `NAME-admin` only). No typed crate supports
 //! kube 5, so it is a `DynamicObject`; it is applied only when its CRD is installed (discovered
 //! at runtime, see [`crate::context::Context::service_monitor_crd`]).
 
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
+use super::service::SERVICE_LABEL;
 use super::{Component, child_meta, gateway_name, selector_labels};
 use crate::crd::LiveRealtime;
 
@@ -30,12 +32,14 @@ pub fn desired(lr: &LiveRealtime) -> DynamicObject {
     }
     let mut obj = DynamicObject::new(&gateway_name(lr), &api_resource());
     obj.metadata = metadata;
+    let mut selector = selector_labels(lr, Component::Gateway);
+    selector.insert(SERVICE_LABEL.to_owned(), "admin".to_owned());
     obj.data = json!({
         "spec": {
-            // `job` = the LiveRealtime's name (the instance label's value), whatever the scraped
-            // Service is called: the dashboard and alerts in deploy/monitoring join on it.
+            // `job` = the LiveRealtime's name (the instance label's value), not the admin
+            // Service's `NAME-admin`: the dashboard and alerts in deploy/monitoring join on it.
             "jobLabel": "app.kubernetes.io/instance",
-            "selector": {"matchLabels": selector_labels(lr, Component::Gateway)},
+            "selector": {"matchLabels": selector},
             "endpoints": [{
                 "port": "admin",
                 "path": "/metrics",

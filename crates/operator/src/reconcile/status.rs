@@ -2,7 +2,13 @@
 //! passed in. Transition times move only when a condition's status flips, and reasons are stable
 //! identifiers (documented in docs/liverealtime.md), so `kubectl wait --for=condition=Ready`
 //! and alerting can rely on them. Events are derived from the same comparison: one per state
-//! change, never one per reconcile.
+//! change, never one per reconcile (so a failure repeated on every retry is one Warning).
+//!
+//! Every failure of a reconcile step is a [`Problem`] and lands in `Ready` (reason and the
+//! apiserver's message). `Reconciling` and `Stalled` follow the kstatus convention, so Flux,
+//! Argo CD (with kstatus health) and `kubectl wait` read health without a custom check:
+//! `Stalled=True` when a human must act, `Reconciling=True` while the operator is still
+//! getting there.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -15,11 +21,14 @@ use crate::crd::{LiveRealtime, LiveRealtimeStatus, RedisMode};
 /// Condition types.
 pub mod types {
     pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
     pub const PROGRESSING: &str = "Progressing";
     pub const DEGRADED: &str = "Degraded";
     pub const REDIS_READY: &str = "RedisReady";
     pub const AUTOSCALING_READY: &str = "AutoscalingReady";
     pub const SERVICE_MONITOR_READY: &str = "ServiceMonitorReady";
+    pub const HTTP_ROUTE_READY: &str = "HTTPRouteReady";
     pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 }
 
@@ -47,6 +56,58 @@ pub mod reasons {
     pub const RECONCILING: &str = "Reconciling";
     pub const CONFIG_UPDATED: &str = "ConfigUpdated";
     pub const RESTART_SETTINGS_CHANGED: &str = "RestartSettingsChanged";
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const NAME_CONFLICT: &str = "NameConflict";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const MISSING_SECRET: &str = "MissingSecret";
+    pub const RECONCILED: &str = "Reconciled";
+}
+
+/// Longest condition message: the apiserver allows 32 KiB, `kubectl describe` readers less.
+const MAX_MESSAGE: usize = 1024;
+
+/// One failed step of a reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// A stable reason: `ApplyFailed`, `NameConflict`, `MissingSecret`.
+    pub reason: &'static str,
+    /// What failed, with the apiserver's message.
+    pub message: String,
+    /// A human must act (a 4xx, a conflict, a missing Secret); otherwise it is retried.
+    pub stalled: bool,
+}
+
+impl Problem {
+    /// A failed request on `kind`/`name` (apply, delete or read).
+    pub fn request(verb: &str, kind: &str, name: &str, error: &kube::Error) -> Self {
+        let (stalled, detail) = match error {
+            // 4xx but conflicts and throttling are the spec's or RBAC's fault: retrying the
+            // same request gives the same answer.
+            kube::Error::Api(s) => (
+                (400..500).contains(&s.code) && s.code != 409 && s.code != 429,
+                format!("{} ({})", s.message, s.code),
+            ),
+            other => (false, other.to_string()),
+        };
+        Self {
+            reason: reasons::APPLY_FAILED,
+            message: format!("{verb} {kind} {name}: {detail}"),
+            stalled,
+        }
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 /// What one reconcile observed: the apply responses (which carry live status) and the facts.
@@ -56,10 +117,15 @@ pub struct Observed {
     pub redis: Option<Deployment>,
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub service_monitor_crd: bool,
+    pub http_route_crd: bool,
     /// The gateway config failed `GatewayConfig::validate` (nothing was applied).
     pub invalid_config: Option<String>,
     pub config_hash: Option<String>,
     pub restart_hash: Option<String>,
+    /// The gateway image of the pod template.
+    pub image: Option<String>,
+    /// Every step that failed, in order.
+    pub problems: Vec<Problem>,
 }
 
 impl Observed {
@@ -67,6 +133,7 @@ impl Observed {
     pub fn new(facts: Facts) -> Self {
         Self {
             service_monitor_crd: facts.service_monitor_crd,
+            http_route_crd: facts.http_route_crd,
             ..Self::default()
         }
     }
@@ -149,6 +216,8 @@ pub fn conditions(lr: &LiveRealtime, observed: &Observed) -> Vec<Cond> {
         let message = format!("gateway config is invalid, nothing was applied: {problem}");
         return vec![
             cond(t::READY, false, r::INVALID_CONFIG, message.clone()),
+            cond(t::RECONCILING, false, r::INVALID_CONFIG, message.clone()),
+            cond(t::STALLED, true, r::INVALID_CONFIG, message.clone()),
             cond(t::PROGRESSING, false, r::INVALID_CONFIG, message.clone()),
             cond(t::DEGRADED, true, r::INVALID_CONFIG, message),
             paused,
@@ -214,6 +283,25 @@ pub fn conditions(lr: &LiveRealtime, observed: &Observed) -> Vec<Cond> {
         )
     };
 
+    let http_route = if !lr.spec.http_route.as_ref().is_some_and(|r| r.enabled) {
+        cond(
+            t::HTTP_ROUTE_READY,
+            true,
+            r::DISABLED,
+            "no HTTPRoute is requested",
+        )
+    } else if !observed.http_route_crd {
+        cond(
+            t::HTTP_ROUTE_READY,
+            false,
+            r::CRD_NOT_INSTALLED,
+            "the gateway.networking.k8s.io/v1 HTTPRoute CRD is not installed; install the \
+             Gateway API CRDs or set spec.httpRoute.enabled=false",
+        )
+    } else {
+        cond(t::HTTP_ROUTE_READY, true, r::APPLIED, "HTTPRoute applied")
+    };
+
     let counts = format!(
         "{} of {} gateway pods updated, {} ready, {} available",
         gateway.updated, gateway.desired, gateway.ready, gateway.available
@@ -231,7 +319,29 @@ pub fn conditions(lr: &LiveRealtime, observed: &Observed) -> Vec<Cond> {
         cond(t::PROGRESSING, true, r::ROLLING_OUT, counts.clone())
     };
 
-    let degraded = if gateway.deadline_exceeded {
+    // The first problem of the most pressing reason speaks for the tier: a conflict or a
+    // refused apply explains everything after it.
+    let problem = [r::NAME_CONFLICT, r::APPLY_FAILED, r::MISSING_SECRET]
+        .iter()
+        .find_map(|reason| {
+            let same: Vec<&Problem> = observed
+                .problems
+                .iter()
+                .filter(|p| p.reason == *reason)
+                .collect();
+            (!same.is_empty()).then(|| {
+                let message = same
+                    .iter()
+                    .map(|p| p.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (*reason, truncate(message), same.iter().any(|p| p.stalled))
+            })
+        });
+
+    let degraded = if let Some((reason, message, true)) = &problem {
+        cond(t::DEGRADED, true, reason, message.clone())
+    } else if gateway.deadline_exceeded {
         cond(
             t::DEGRADED,
             true,
@@ -249,7 +359,16 @@ pub fn conditions(lr: &LiveRealtime, observed: &Observed) -> Vec<Cond> {
         cond(t::DEGRADED, false, r::AS_EXPECTED, "all parts are working")
     };
 
-    let ready = if gateway.available < gateway.desired.max(1) {
+    let ready = if let Some((reason, message, _)) = &problem {
+        cond(t::READY, false, reason, message.clone())
+    } else if observed.gateway.is_some() && gateway.desired == 0 {
+        cond(
+            t::READY,
+            true,
+            r::SCALED_TO_ZERO,
+            "spec.replicas is 0: no gateway pod runs until it is scaled up",
+        )
+    } else if gateway.available < gateway.desired.max(1) {
         cond(t::READY, false, r::GATEWAY_UNAVAILABLE, counts)
     } else if !redis.status {
         cond(t::READY, false, r::REDIS_NOT_READY, redis.message.clone())
@@ -257,13 +376,46 @@ pub fn conditions(lr: &LiveRealtime, observed: &Observed) -> Vec<Cond> {
         cond(t::READY, true, r::AVAILABLE, counts)
     };
 
+    let stalled = match &problem {
+        Some((reason, message, true)) => cond(t::STALLED, true, reason, message.clone()),
+        _ if gateway.deadline_exceeded => cond(
+            t::STALLED,
+            true,
+            r::PROGRESS_DEADLINE_EXCEEDED,
+            progressing.message.clone(),
+        ),
+        _ => cond(t::STALLED, false, r::AS_EXPECTED, "nothing needs a human"),
+    };
+    let reconciling = if !stalled.status && (!ready.status || progressing.status) {
+        let (reason, message) = if ready.status {
+            (progressing.reason, progressing.message.clone())
+        } else {
+            (ready.reason, ready.message.clone())
+        };
+        cond(t::RECONCILING, true, reason, message)
+    } else {
+        cond(
+            t::RECONCILING,
+            false,
+            if stalled.status {
+                stalled.reason
+            } else {
+                r::RECONCILED
+            },
+            "the children match the spec",
+        )
+    };
+
     vec![
         ready,
+        reconciling,
+        stalled,
         progressing,
         degraded,
         redis,
         autoscaling,
         service_monitor,
+        http_route,
         paused,
     ]
 }
@@ -345,20 +497,27 @@ pub fn compute(lr: &LiveRealtime, observed: &Observed, now: Timestamp) -> LiveRe
     let previous = lr.status.clone().unwrap_or_default();
     let generation = lr.metadata.generation;
     let gateway_status = observed.gateway.as_ref().and_then(|d| d.status.clone());
+    // With the Deployment in hand an absent count is 0 (the apiserver omits zeros): falling
+    // back to the previous value would leave the scale subresource stale at 0 replicas.
+    let (replicas, ready_replicas) = match (&observed.gateway, &gateway_status) {
+        (Some(_), status) => (
+            status.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+            status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+        ),
+        (None, _) => (previous.replicas, previous.ready_replicas),
+    };
+    let desired = observed
+        .gateway
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(lr.spec.replicas);
     LiveRealtimeStatus {
         observed_generation: generation,
-        replicas: gateway_status
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(previous.replicas),
-        ready_replicas: gateway_status
-            .as_ref()
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(if observed.gateway.is_some() {
-                0
-            } else {
-                previous.ready_replicas
-            }),
+        replicas,
+        ready_replicas,
+        ready_ratio: Some(format!("{ready_replicas}/{desired}")),
+        image: observed.image.clone().or(previous.image.clone()),
         selector: Some(gateway_selector_string(lr)),
         config_hash: observed
             .config_hash
@@ -409,6 +568,36 @@ pub fn paused(lr: &LiveRealtime, now: Timestamp) -> LiveRealtimeStatus {
     }
 }
 
+/// The conditions of an object the operator cannot decode (a field this version does not
+/// know, from a newer CRD): `Ready=False`/`Stalled=True` with reason `InvalidSpec`; the other
+/// conditions keep their last value. Pure.
+pub fn invalid_spec(
+    previous: &[Condition],
+    generation: Option<i64>,
+    problem: &str,
+    now: Timestamp,
+) -> Vec<Condition> {
+    use reasons as r;
+    use types as t;
+    let message = truncate(format!(
+        "this operator cannot read the spec, nothing was applied (an older operator than the \
+         CRD?): {problem}"
+    ));
+    let computed = [
+        cond(t::READY, false, r::INVALID_SPEC, message.clone()),
+        cond(t::RECONCILING, false, r::INVALID_SPEC, message.clone()),
+        cond(t::STALLED, true, r::INVALID_SPEC, message),
+    ];
+    let mut out = merge_conditions(previous, &computed, generation, now);
+    out.extend(
+        previous
+            .iter()
+            .filter(|p| !computed.iter().any(|c| c.type_ == p.type_))
+            .cloned(),
+    );
+    out
+}
+
 /// An event to publish about a state change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
@@ -422,6 +611,10 @@ pub struct Notice {
 fn user_fixable(reason: &str) -> bool {
     [
         reasons::INVALID_CONFIG,
+        reasons::INVALID_SPEC,
+        reasons::APPLY_FAILED,
+        reasons::NAME_CONFLICT,
+        reasons::MISSING_SECRET,
         reasons::CRD_NOT_INSTALLED,
         reasons::METRIC_UNAVAILABLE,
         reasons::CANNOT_SCALE,
@@ -434,8 +627,8 @@ fn user_fixable(reason: &str) -> bool {
 /// True when a condition in this state needs a human.
 fn is_bad(type_: &str, status: &str) -> bool {
     match type_ {
-        types::DEGRADED => status == "True",
-        types::PROGRESSING | types::RECONCILIATION_PAUSED => false,
+        types::DEGRADED | types::STALLED => status == "True",
+        types::PROGRESSING | types::RECONCILING | types::RECONCILIATION_PAUSED => false,
         _ => status == "False",
     }
 }
@@ -463,6 +656,8 @@ pub fn notices(previous: Option<&LiveRealtimeStatus>, next: &LiveRealtimeStatus)
                 .iter_mut()
                 .find(|n| n.reason == c.reason && n.warning == bad)
             {
+                // Ready, Stalled and Degraded often carry the same message: say it once.
+                Some(n) if n.note.contains(&c.message) => {}
                 Some(n) => n.note = format!("{}; {note}", n.note),
                 None => out.push(Notice {
                     warning: bad,
@@ -493,8 +688,21 @@ pub fn notices(previous: Option<&LiveRealtimeStatus>, next: &LiveRealtimeStatus)
             note: format!("restart-only settings changed ({}); pods roll", short(new)),
         });
     }
+    for n in &mut out {
+        if n.note.len() > MAX_NOTE {
+            let mut end = MAX_NOTE - 3;
+            while !n.note.is_char_boundary(end) {
+                end -= 1;
+            }
+            n.note.truncate(end);
+            n.note.push('…');
+        }
+    }
     out
 }
+
+/// Longest event note the apiserver accepts (events.k8s.io/v1: 1 KiB).
+const MAX_NOTE: usize = 1000;
 
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
@@ -693,6 +901,53 @@ mod tests {
                 .iter()
                 .any(|c| c.type_ == types::READY && c.status == "True")
         );
+    }
+
+    #[test]
+    fn zero_replicas_are_reported_as_zero_not_the_last_count() {
+        let mut lr = LiveRealtime::test();
+        lr.status = Some(compute(&lr, &healthy(), t(0)));
+        lr.spec.replicas = 0;
+        // The apiserver omits zero counts: a scaled-to-zero Deployment has no replicas at all.
+        let mut zero = deployment(0, 0);
+        zero.status = Some(DeploymentStatus {
+            observed_generation: Some(2),
+            ..DeploymentStatus::default()
+        });
+        let observed = Observed {
+            gateway: Some(zero),
+            ..healthy()
+        };
+        let status = compute(&lr, &observed, t(10));
+        assert_eq!(status.replicas, 0);
+        assert_eq!(status.ready_replicas, 0);
+        assert_eq!(status.ready_ratio.as_deref(), Some("0/0"));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::READY)
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", reasons::SCALED_TO_ZERO)
+        );
+    }
+
+    #[test]
+    fn a_failed_step_is_ready_false_stalled_with_the_apiservers_message() {
+        let mut observed = healthy();
+        observed.problems.push(Problem {
+            reason: reasons::APPLY_FAILED,
+            message: "applying Service chat: invalid annotation (422)".into(),
+            stalled: true,
+        });
+        let conds = conditions(&LiveRealtime::test(), &observed);
+        let ready = get(&conds, types::READY);
+        assert!(!ready.status);
+        assert_eq!(ready.reason, reasons::APPLY_FAILED);
+        assert!(ready.message.contains("(422)"));
+        assert!(get(&conds, types::STALLED).status);
+        assert!(!get(&conds, types::RECONCILING).status);
     }
 
     #[test]
