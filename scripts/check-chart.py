@@ -3,8 +3,8 @@
 
   check-chart.py validate RENDERED.yaml [--kubernetes-version 1.33.0] [--no-pod-checks]
       Every object against the Kubernetes schemas (kubernetes-validate, strict: unknown fields
-      fail). ServiceMonitor (monitoring.coreos.com/v1) has no offline schema: its structure is
-      checked and a note printed. Every Deployment must meet restricted Pod Security and have
+      fail). ServiceMonitor and PrometheusRule (monitoring.coreos.com/v1) have no offline schema:
+      their structure is checked and a note printed. Every Deployment must meet restricted Pod Security and have
       probes and resource requests (unless --no-pod-checks). LiveRealtime documents are
       validated against crds/liverealtime.yaml's schema (jsonschema) instead.
 
@@ -49,6 +49,22 @@ def check_service_monitor(doc):
     for e in endpoints:
         if not (e.get("port") and e.get("path")):
             problems.append(f"endpoint without port/path: {e}")
+    return problems
+
+
+def check_prometheus_rule(doc):
+    """Structure of a PrometheusRule; the expressions themselves are checked with promtool by
+    tests/console/monitoring.test.mjs."""
+    problems = []
+    groups = doc.get("spec", {}).get("groups") or []
+    if not groups:
+        problems.append("no spec.groups")
+    for g in groups:
+        if not g.get("name") or not g.get("rules"):
+            problems.append(f"group without name or rules: {g.get('name')}")
+        for r in g.get("rules") or []:
+            if not r.get("expr") or not (r.get("alert") or r.get("record")):
+                problems.append(f"rule without expr or alert/record name in {g.get('name')}")
     return problems
 
 
@@ -107,8 +123,9 @@ def cmd_validate(args):
             kubernetes_validate.validate(doc, args.kubernetes_version, strict=True)
             print(f"ok    {name}")
         except kubernetes_validate.SchemaNotFoundError:
-            if doc.get("apiVersion") == "monitoring.coreos.com/v1" and doc.get("kind") == "ServiceMonitor":
-                problems = check_service_monitor(doc)
+            checks = {"ServiceMonitor": check_service_monitor, "PrometheusRule": check_prometheus_rule}
+            if doc.get("apiVersion") == "monitoring.coreos.com/v1" and doc.get("kind") in checks:
+                problems = checks[doc["kind"]](doc)
                 if problems:
                     ok = False
                     print(f"FAIL  {name}: {'; '.join(problems)}")

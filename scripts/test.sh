@@ -7,10 +7,12 @@
 # include the operator's envtest suite against a real kube-apiserver when ../shared/envtest or
 # KUBEBUILDER_ASSETS provides one), the gateway end-to-end suite with the official
 # socket.io-client (npm ci; with real Redis: standalone, a 3-master Cluster, Sentinel failover,
-# TLS), and the operator's rendered manifests validated against the Kubernetes schemas
+# TLS), the operator console in headless Chromium and the Grafana dashboard / PrometheusRule
+# checks (promtool), the operator's rendered manifests validated against the Kubernetes schemas
 # (kubernetes-validate from PyPI), and the Helm chart checks (helm is fetched into .tools/ when
 # missing; see scripts/fetch-tools.sh).
 # Needs: a Rust toolchain (rust-toolchain.toml pins it), Node >= 20 with npm, Python >= 3.9 with pip.
+# Installs with apt when missing and run as root: redis-server, chromium, prometheus (promtool).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,6 +65,26 @@ if ! command -v openssl >/dev/null 2>&1; then
   fi
 fi
 
+# Chromium for the console's browser tests and promtool (Debian's `prometheus` package) for the
+# dashboard and alert checks. Without apt or root they cannot be installed: the tests that need
+# them then skip and say why, and everything else still runs.
+missing_pkgs=()
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then missing_pkgs+=(chromium); fi
+if ! command -v promtool >/dev/null 2>&1; then missing_pkgs+=(prometheus); fi
+if [ ${#missing_pkgs[@]} -gt 0 ]; then
+  step "installing ${missing_pkgs[*]} (console browser tests, PromQL checks)"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null; then
+      echo "could not install ${missing_pkgs[*]}: the tests that need them will be skipped" >&2
+    fi
+    # The prometheus package may start a server; the checks only need promtool.
+    (service prometheus stop || true) >/dev/null 2>&1
+  else
+    echo "${missing_pkgs[*]} missing and not installable here (needs apt-get as root): the console browser tests and/or the PromQL checks will be skipped" >&2
+  fi
+fi
+
 # kubernetes-validate (PyPI) checks the operator's output against the Kubernetes schemas offline.
 if ! python3 -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1; then
   step "installing kubernetes-validate (PyPI)"
@@ -109,9 +131,11 @@ step "cargo build --workspace --bins --tests (debug binaries for the end-to-end 
 # and rebuilds tokio and the ~48 crates above it.
 cargo build --workspace --bins --tests
 
-step "gateway end-to-end tests (official socket.io-client)"
+step "gateway end-to-end tests (official socket.io-client), the console in headless Chromium, the dashboard and alerts"
 npm ci --prefix tests --no-audit --no-fund
-LIVE_GATEWAY_BIN="$root/target/debug/live-gateway" npm test --prefix tests
+# kubectl (for `kubectl kustomize deploy/monitoring`) comes from scripts/fetch-tools.sh when missing.
+tools_dir=$(scripts/fetch-tools.sh)
+PATH="$tools_dir:$PATH" LIVE_GATEWAY_BIN="$root/target/debug/live-gateway" npm test --prefix tests
 
 step "operator: CRD, examples, rendered children and RBAC against the Kubernetes schemas"
 python3 crates/operator/tests/validate_render.py --bin "$root/target/debug/live-operator"

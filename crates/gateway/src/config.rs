@@ -226,6 +226,7 @@ fn apply(
         Ok(gateway) => {
             let next = RuntimeConfig::merge(gateway, source.cors_env.as_deref(), source.dev);
             metrics.config_reloads.with_label_values(&["success"]).inc();
+            metrics.config_last_reload_successful.set(1);
             let changed = tx.send_if_modified(|current| {
                 if **current == next {
                     return false;
@@ -237,6 +238,7 @@ fn apply(
         }
         Err(e) => {
             metrics.config_reloads.with_label_values(&["failure"]).inc();
+            metrics.config_last_reload_successful.set(0);
             tracing::warn!(?trigger, error = %e, "config reload refused; keeping the last good config");
         }
     }
@@ -347,6 +349,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(rx.borrow().gateway.rate_limits.messages_per_minute, 2);
+        assert_eq!(metrics.config_last_reload_successful.get(), 0);
 
         // An emptied file is a write in progress, not "all defaults".
         std::fs::write(&p, "").unwrap();

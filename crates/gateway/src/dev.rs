@@ -91,6 +91,7 @@ Publish a gift from a backend:
     -H "Authorization: Bearer {bridge}" -H "Content-Type: application/json" \
     -d '{{"from":"viewer-1","giftId":"rose","qty":1}}'
 
+Console: http://{a}/console (sign in with the admin token)
 Metrics: curl http://{a}/metrics
 "#,
         viewer = token("viewer"),
@@ -132,6 +133,7 @@ mod tests {
         );
         assert!(b.contains("http://127.0.0.1:3000/live"));
         assert!(b.contains(&toks[2].1));
+        assert!(b.contains("http://127.0.0.1:9091/console"));
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum Error {
     InvalidJson(String),
     #[error("field `{field}` is invalid: {reason}")]
     InvalidField { field: &'static str, reason: String },
+    #[error("too many console streams are open on this gateway")]
+    TooManyStreams,
     #[error("configuration: {0}")]
     Config(#[from] live_api::ConfigError),
     #[error("startup: {0}")]
@@ -94,6 +96,7 @@ impl Error {
             Self::UserMismatch => "user_mismatch",
             Self::InvalidJson(_) => "invalid_json",
             Self::InvalidField { .. } => "invalid_field",
+            Self::TooManyStreams => "too_many_streams",
             Self::Config(_) => "config",
             Self::Startup(_) => "startup",
             Self::Keys(_) => "keys",
@@ -129,6 +132,7 @@ impl Error {
             Self::UserMismatch => "The new token is for another user".into(),
             Self::InvalidJson(m) => format!("Invalid JSON body: {m}"),
             Self::InvalidField { field, reason } => format!("Invalid field `{field}`: {reason}"),
+            Self::TooManyStreams => "Too many console streams are open; close one and retry".into(),
             Self::Config(_) | Self::Startup(_) | Self::Keys(_) | Self::Io(_) => {
                 "Internal error".into()
             }

@@ -24,6 +24,7 @@ pub mod churn;
 pub mod client_ip;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod drain;
 pub mod error;

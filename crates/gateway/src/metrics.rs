@@ -26,10 +26,12 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
     pub bridge_requests: IntCounterVec,
     pub emit_failures: IntCounter,
     pub draining: IntGauge,
     pub redis_up: IntGauge,
+    pub redis_configured: IntGauge,
     pub redis_errors: IntCounterVec,
     pub redis_adapter_dropped: IntCounter,
     pub redis_publish_skipped: IntCounter,
@@ -46,6 +48,8 @@ pub struct Metrics {
     pub history_channels: IntGauge,
     pub redis_room_subscriptions: IntGauge,
     pub redis_snapshot_writes: IntCounter,
+    pub console_requests: IntCounterVec,
+    pub console_streams: IntGauge,
 }
 
 /// Buckets for `ws_room_size`: members per room, from a private stream to a stadium.
@@ -125,6 +129,12 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let config_last_reload_successful = IntGauge::new(
+            "live_config_last_reload_successful",
+            "1 unless the last config reload was refused (the last good config is still in force)",
+        )
+        .expect("static metric definition");
+        config_last_reload_successful.set(1);
         let bridge_requests = IntCounterVec::new(
             Opts::new(
                 "live_bridge_requests_total",
@@ -143,6 +153,11 @@ impl Metrics {
         let redis_up = IntGauge::new(
             "live_redis_up",
             "Whether Redis is reachable: 1 while both Redis connections answered a PING in the last 3 s, else 0 (also 0 without REDIS_URL)",
+        )
+        .expect("static metric definition");
+        let redis_configured = IntGauge::new(
+            "live_redis_configured",
+            "1 when REDIS_URL is set (so live_redis_up 0 means Redis is unreachable, not unused)",
         )
         .expect("static metric definition");
         let redis_errors = IntCounterVec::new(
@@ -252,6 +267,19 @@ impl Metrics {
             "Rewrites of this replica's viewer and presence snapshot in Redis",
         )
         .expect("static metric definition");
+        let console_requests = IntCounterVec::new(
+            Opts::new(
+                "live_console_requests_total",
+                "Web console API requests, by route and status code",
+            ),
+            &["route", "status"],
+        )
+        .expect("static metric definition");
+        let console_streams = IntGauge::new(
+            "live_console_streams",
+            "Web console event streams open on this gateway",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("live_build_info", "Build information; always 1"),
             &["version"],
@@ -272,10 +300,12 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(auth_failures.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_successful.clone()),
             Box::new(bridge_requests.clone()),
             Box::new(emit_failures.clone()),
             Box::new(draining.clone()),
             Box::new(redis_up.clone()),
+            Box::new(redis_configured.clone()),
             Box::new(redis_errors.clone()),
             Box::new(redis_adapter_dropped.clone()),
             Box::new(redis_publish_skipped.clone()),
@@ -292,6 +322,8 @@ impl Metrics {
             Box::new(history_channels.clone()),
             Box::new(redis_room_subscriptions.clone()),
             Box::new(redis_snapshot_writes.clone()),
+            Box::new(console_requests.clone()),
+            Box::new(console_streams.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -311,10 +343,12 @@ impl Metrics {
             errors,
             auth_failures,
             config_reloads,
+            config_last_reload_successful,
             bridge_requests,
             emit_failures,
             draining,
             redis_up,
+            redis_configured,
             redis_errors,
             redis_adapter_dropped,
             redis_publish_skipped,
@@ -331,6 +365,8 @@ impl Metrics {
             history_channels,
             redis_room_subscriptions,
             redis_snapshot_writes,
+            console_requests,
+            console_streams,
         }
     }
 
@@ -344,6 +380,28 @@ impl Metrics {
         if let Err(e) = self.registry.register(Box::new(collector)) {
             tracing::error!(error = %e, "room metrics could not be registered");
         }
+    }
+
+    /// Registers `ws_deliveries_total`, read at scrape time from `deliveries`: the transport's
+    /// count of packets broadcasts handed to sockets, one per recipient (every room broadcast,
+    /// local or from another replica through Redis). Keeping the count in the transport costs
+    /// one atomic add per broadcast instead of a metric update per recipient.
+    pub fn register_deliveries(&self, deliveries: impl Fn() -> u64 + Send + Sync + 'static) {
+        let collector = DeliveriesCollector {
+            deliveries: Box::new(deliveries),
+            desc: Self::deliveries_counter().desc()[0].clone(),
+        };
+        if let Err(e) = self.registry.register(Box::new(collector)) {
+            tracing::error!(error = %e, "delivery metrics could not be registered");
+        }
+    }
+
+    fn deliveries_counter() -> IntCounter {
+        IntCounter::new(
+            "ws_deliveries_total",
+            "Messages broadcasts handed to sockets, one per recipient (local members only on each replica)",
+        )
+        .expect("static metric definition")
     }
 
     fn room_descs() -> Vec<prometheus::core::Desc> {
@@ -417,6 +475,24 @@ impl Default for Metrics {
     }
 }
 
+/// Builds `ws_deliveries_total` from the transport's count on every scrape.
+struct DeliveriesCollector {
+    deliveries: Box<dyn Fn() -> u64 + Send + Sync>,
+    desc: prometheus::core::Desc,
+}
+
+impl Collector for DeliveriesCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let counter = Metrics::deliveries_counter();
+        counter.inc_by((self.deliveries)());
+        counter.collect()
+    }
+}
+
 type RoomSizes = Arc<dyn Fn() -> Vec<usize> + Send + Sync>;
 
 /// Builds `ws_rooms_active` and `ws_room_size` afresh on every scrape.
@@ -452,6 +528,7 @@ mod tests {
     fn every_documented_metric_name_is_exported() {
         let m = Metrics::new();
         m.register_rooms(|| vec![3, 1]);
+        m.register_deliveries(|| 42);
         // Vector metrics only appear once a label set is used.
         m.connections.with_label_values(&["accepted"]).inc();
         m.disconnects.with_label_values(&["transport_close"]).inc();
@@ -474,6 +551,7 @@ mod tests {
             "ws_errors_total",
             "ws_rooms_active",
             "ws_room_size",
+            "ws_deliveries_total",
             "live_build_info",
             "live_history_replayed_items_total",
             "live_history_channels",
@@ -481,6 +559,7 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
         assert!(text.contains("ws_rooms_active 2"));
+        assert!(text.contains("ws_deliveries_total 42"));
         assert!(text.contains("ws_room_size_sum 4"));
     }
 }

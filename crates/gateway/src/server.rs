@@ -146,6 +146,7 @@ pub async fn run(
             let clients = cluster::clients(&redis)?;
             let state = state.with_shared_hosts(clients.pool.clone(), &redis.prefix);
             let metrics = state.metrics.clone();
+            metrics.redis_configured.set(1);
             let driver = ResilientDriver::start(
                 clients.subscriber.clone(),
                 clients.mode,
@@ -435,6 +436,10 @@ async fn serve<A: Adapter>(
     state
         .metrics
         .register_rooms(move || realtime::local_room_sizes(&metrics_io));
+    let deliveries_io = io.clone();
+    state
+        .metrics
+        .register_deliveries(move || deliveries_io.deliveries());
     let snapshots = CancellationToken::new();
     if let Some(shared) = &state.shared {
         let snapshot_io = io.clone();
@@ -446,10 +451,15 @@ async fn serve<A: Adapter>(
     }
     spawn_presence_flusher(io.clone(), state.clone(), background.clone());
     crate::lifecycle::spawn(io.clone(), state.clone(), background.clone());
-    let admin_app = bridge::router(AdminState {
+    let admin_state = AdminState {
         app: state.clone(),
         io,
-    });
+    };
+    let admin_app = bridge::router(admin_state.clone()).merge(crate::console::router(
+        admin_state,
+        &settings,
+        background.clone(),
+    ));
 
     let connections = Connections::default();
     let stop_public = CancellationToken::new();

@@ -362,6 +362,10 @@ pub async fn run_controller(
         watcher::Config::default().any_semantic(),
     );
     let lrs = controller.store();
+    ctx.metrics
+        .register(Box::new(crate::readiness::ReadinessCollector::new(
+            controller.store(),
+        )));
     controller
         .owns_stream(cm_stream)
         .owns_stream(deploy_stream)

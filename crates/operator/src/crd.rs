@@ -476,6 +476,40 @@ pub struct Monitoring {
     /// A prometheus-operator ServiceMonitor for the gateway's admin port.
     #[serde(default)]
     pub service_monitor: ServiceMonitorSpec,
+    /// A Grafana dashboard for this tier, as a ConfigMap the Grafana sidecar loads.
+    #[serde(default)]
+    pub grafana_dashboard: GrafanaDashboardSpec,
+}
+
+/// The tier's Grafana dashboard: the live-realtime dashboard (deploy/monitoring) preset to this
+/// tier, in the ConfigMap `NAME-dashboard`, for the dashboard sidecar of kube-prometheus-stack
+/// (which must search this namespace). See docs/monitoring.md.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrafanaDashboardSpec {
+    /// Create the dashboard ConfigMap (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Labels the sidecar selects on (default `grafana_dashboard: "1"`, kube-prometheus-stack's).
+    #[serde(default = "default_dashboard_labels")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations, e.g. `grafana_folder: Live` for a sidecar with `folderAnnotation` set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_dashboard_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("grafana_dashboard".to_owned(), "1".to_owned())])
+}
+
+impl Default for GrafanaDashboardSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            labels: default_dashboard_labels(),
+            annotations: BTreeMap::new(),
+        }
+    }
 }
 
 /// ServiceMonitor settings. Created only when the ServiceMonitor CRD is installed.

@@ -6,7 +6,8 @@
 //! - [`reconcile`]: one pure `desired()` builder per child, the conditions, and the IO shell that
 //!   applies them ([`reconcile::apply`]).
 //! - [`controller`]: the kube-runtime controller, leader election and error policy.
-//! - [`context`], [`metrics`], [`admin`]: shared state, metrics and the admin HTTP port.
+//! - [`context`], [`metrics`], [`admin`]: shared state, metrics and the admin HTTP port;
+//!   [`readiness`]: the Ready counts computed from the controller's cache at scrape time.
 //! - [`render`]: `live-operator render`, the children of a spec without a cluster.
 //! - [`rbac`]: the exact permissions the operator uses, machine-readable.
 //! - [`args`], [`error`]: the command line and the crate's one error type.
@@ -19,6 +20,7 @@ pub mod crd;
 pub mod error;
 pub mod metrics;
 pub mod rbac;
+pub mod readiness;
 pub mod reconcile;
 pub mod render;
 

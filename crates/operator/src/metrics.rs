@@ -86,6 +86,14 @@ impl Metrics {
         }
     }
 
+    /// Registers a collector computed at scrape time (see [`crate::readiness`]). A second
+    /// registration of the same metrics is refused and logged.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            tracing::warn!(error = %e, "metrics collector not registered");
+        }
+    }
+
     /// The text exposition format of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -581,6 +581,20 @@ impl<A: Adapter> SocketIo<A> {
             .collect()
     }
 
+    /// # Messages delivered by broadcasts (live-realtime fork)
+    ///
+    /// Packets that broadcasts, local or from other servers through the adapter, handed to the
+    /// sockets of every namespace: one per recipient. Monotonic; a Prometheus counter reads it.
+    pub fn deliveries(&self) -> u64 {
+        self.0
+            .nsps
+            .read()
+            .unwrap()
+            .values()
+            .map(|ns| ns.deliveries())
+            .sum()
+    }
+
     // Chaining operators fns
 
     /// # Select a specific namespace to perform operations on.

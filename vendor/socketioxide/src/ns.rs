@@ -1,6 +1,9 @@
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, RwLock, Weak},
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -44,6 +47,9 @@ pub struct Namespace<A: Adapter> {
     /// The ids of the sockets that are connecting to this namespace, but which are not yet
     /// in [`Self::sockets`] because their middlewares are still running.
     connecting: Mutex<HashSet<Sid>>,
+    /// Packets handed to this namespace's sockets by broadcasts, one per recipient: the
+    /// server's deliveries (live-realtime fork). Counted once per broadcast, not per socket.
+    deliveries: AtomicU64,
 }
 
 /// Marks a socket as connecting to a namespace until dropped.
@@ -121,6 +127,7 @@ impl<A: Adapter> Namespace<A> {
             parser,
             sockets: HashMap::new().into(),
             connecting: HashSet::new().into(),
+            deliveries: AtomicU64::new(0),
             adapter: Arc::new(A::new(
                 adapter_state,
                 CoreLocalAdapter::new(Emitter::new(ns.clone(), parser, path, ack_timeout, uid)),
@@ -325,17 +332,24 @@ impl<A: Adapter> InnerEmitter for Namespace<A> {
 
     fn send_many(&self, sids: BroadcastIter<'_>, data: Value) -> Result<(), Vec<SocketError>> {
         let sockets = self.sockets.read().unwrap();
+        let mut delivered = 0; // live-realtime fork
         let errs: Vec<SocketError> = sids
             .filter_map(|sid| sockets.get(&sid))
+            .inspect(|_| delivered += 1)
             .filter_map(|socket| socket.send_raw(data.clone()).err())
             .collect();
+        self.count_deliveries(delivered, errs.len());
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 
     fn send_many_volatile(&self, sids: BroadcastIter<'_>, data: Value) {
         let sockets = self.sockets.read().unwrap();
-        sids.filter_map(|sid| sockets.get(&sid))
-            .for_each(|socket| socket.send_raw_volatile(data.clone()));
+        let mut delivered = 0; // live-realtime fork
+        sids.filter_map(|sid| sockets.get(&sid)).for_each(|socket| {
+            delivered += 1;
+            socket.send_raw_volatile(data.clone())
+        });
+        self.count_deliveries(delivered, 0);
     }
 
     fn send_many_with_ack(
@@ -478,6 +492,21 @@ impl Namespace<crate::adapter::LocalAdapter> {
 
     pub fn clean_dummy_sockets(&self) {
         self.sockets.write().unwrap().clear();
+    }
+}
+
+impl<A: Adapter> Namespace<A> {
+    /// Packets broadcasts handed to this namespace's sockets (live-realtime fork).
+    pub(crate) fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Counts one broadcast's recipients, less those whose queue refused it (live-realtime fork).
+    fn count_deliveries(&self, recipients: usize, refused: usize) {
+        let n = recipients.saturating_sub(refused) as u64;
+        if n > 0 {
+            self.deliveries.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 

@@ -219,6 +219,16 @@ impl SharedStore {
         true
     }
 
+    /// `<prefix>:<parts...>`: for features that keep single keys of their own (the console).
+    pub(crate) fn key(&self, parts: &[&str]) -> String {
+        let mut k = String::from(&*self.prefix);
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+
     fn user_key(&self, user: &str, what: &str) -> String {
         user_key(&self.prefix, user, what)
     }
@@ -351,6 +361,102 @@ impl SharedStore {
             .get(channel)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// One plain command with the same timeout and error accounting as the scripts.
+    pub(crate) async fn command<R: fred::types::FromValue>(
+        &self,
+        op: &'static str,
+        name: &'static str,
+        args: Vec<String>,
+    ) -> Result<R, ()> {
+        if !self.is_connected() {
+            return Err(());
+        }
+        let cmd =
+            fred::types::CustomCommand::new_static(name, fred::types::ClusterHash::FirstKey, false);
+        let client = self.pool.next_connected();
+        match tokio::time::timeout(COMMAND_TIMEOUT, client.custom::<R, _>(cmd, args)).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => {
+                self.metrics.redis_error(op);
+                Err(())
+            }
+        }
+    }
+
+    /// The pods alive since `now_ms - POD_TTL`.
+    async fn live_pods(&self, op: &'static str, now_ms: u64) -> Result<Vec<String>, ()> {
+        let alive_since = now_ms.saturating_sub(POD_TTL.as_millis() as u64);
+        let args = vec![self.pods_key("index"), alive_since.to_string(), "+inf".into()];
+        self.command(op, "ZRANGEBYSCORE", args).await
+    }
+
+    /// Viewers per channel summed over every live pod (the console's ranking). Read pod by pod
+    /// from the client side, so a large deployment never blocks Redis in one long script.
+    pub async fn channel_viewers(&self, now_ms: u64) -> Result<HashMap<String, u64>, ()> {
+        let mut total = HashMap::new();
+        for pod in self.live_pods("channels", now_ms).await? {
+            let counts: HashMap<String, u64> = self
+                .command("channels", "HGETALL", vec![self.pods_key(&format!("viewers:{pod}"))])
+                .await?;
+            for (channel, n) in counts {
+                *total.entry(channel).or_default() += n;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Users with a socket in `channel` on any live pod: at most `limit`, sorted, and whether
+    /// some were left out. Each pod's presence is scanned in bounded pages.
+    pub async fn channel_users(
+        &self,
+        channel: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), ()> {
+        /// Pages per pod: a scan never walks an unbounded hash on the console's behalf.
+        const MAX_PAGES: usize = 64;
+        // Channel names are `[A-Za-z0-9_.-]`, so they hold no glob character to escape.
+        let pattern = format!("{}*", presence_field(channel, ""));
+        let mut users = std::collections::BTreeSet::new();
+        let mut truncated = false;
+        'pods: for pod in self.live_pods("users", now_ms).await? {
+            let key = self.pods_key(&format!("presence:{pod}"));
+            let mut cursor = "0".to_owned();
+            for _ in 0..MAX_PAGES {
+                let (next, fields): (String, Vec<String>) = self
+                    .command(
+                        "users",
+                        "HSCAN",
+                        vec![
+                            key.clone(),
+                            cursor,
+                            "MATCH".into(),
+                            pattern.clone(),
+                            "COUNT".into(),
+                            "1000".into(),
+                        ],
+                    )
+                    .await?;
+                // HSCAN pages alternate field, value.
+                for field in fields.iter().step_by(2) {
+                    if let Some((_, user)) = field.split_once('\n') {
+                        if users.len() >= limit && !users.contains(user) {
+                            truncated = true;
+                            break 'pods;
+                        }
+                        users.insert(user.to_owned());
+                    }
+                }
+                cursor = next;
+                if cursor == "0" {
+                    continue 'pods;
+                }
+            }
+            truncated = true;
+        }
+        Ok((users.into_iter().collect(), truncated))
     }
 
     /// Signals that local membership changed.

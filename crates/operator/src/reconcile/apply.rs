@@ -4,7 +4,8 @@
 //! Expected flow: read the referenced Secrets and make sure the managed Redis password exists
 //! ([`Applier::prepare`]), then apply ConfigMap → managed Redis (Deployment, Service,
 //! NetworkPolicy, PDB) → gateway Deployment, Service, admin Service, admin NetworkPolicy → HPA →
-//! PDB → Ingress → ServiceMonitor → HTTPRoute, deleting each optional child that is `None`.
+//! PDB → Ingress → Grafana dashboard → ServiceMonitor → HTTPRoute, deleting each optional child
+//! that is `None`.
 //!
 //! Guarantees:
 //! - Never writes over an object something else controls: a child that exists without this
@@ -38,8 +39,8 @@ use serde::de::DeserializeOwned;
 use super::secrets::{self, Digest};
 use super::status::{Observed, Problem, reasons};
 use super::{
-    Children, Digests, admin_name, gateway_name, network, redis, redis_name, service_monitor,
-    sha256_hex,
+    Children, Digests, admin_name, gateway_name, grafana_dashboard, network, redis, redis_name,
+    service_monitor, sha256_hex,
 };
 use crate::MANAGER;
 use crate::context::Context;
@@ -509,6 +510,13 @@ impl<'a> Applier<'a> {
             c.map(|c| &c.ingresses),
             &gateway,
             children.ingress.as_ref(),
+        )
+        .await;
+        self.ensure::<ConfigMap>(
+            "ConfigMap",
+            c.map(|c| &c.config_maps),
+            &grafana_dashboard::name(lr),
+            children.grafana_dashboard.as_ref(),
         )
         .await;
         let sm_crd = self.observed.service_monitor_crd;

@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod configmap;
 pub mod deployment;
+pub mod grafana_dashboard;
 pub mod hpa;
 pub mod network;
 pub mod pdb;
@@ -78,6 +79,7 @@ pub struct Children {
     pub ingress: Option<Ingress>,
     pub service_monitor: Option<DynamicObject>,
     pub http_route: Option<DynamicObject>,
+    pub grafana_dashboard: Option<ConfigMap>,
 }
 
 /// Builds every child of `lr`. Pure.
@@ -117,6 +119,12 @@ pub fn desired(lr: &LiveRealtime, facts: Facts, digests: &Digests) -> Children {
         http_route: (lr.spec.http_route.as_ref().is_some_and(|r| r.enabled)
             && facts.http_route_crd)
             .then(|| network::desired_http_route(lr)),
+        grafana_dashboard: lr
+            .spec
+            .monitoring
+            .grafana_dashboard
+            .enabled
+            .then(|| grafana_dashboard::desired(lr)),
     }
 }
 
@@ -139,6 +147,7 @@ pub fn to_yaml_documents(children: &Children) -> Vec<String> {
     docs.extend(children.ingress.as_ref().map(doc));
     docs.extend(children.service_monitor.as_ref().map(doc));
     docs.extend(children.http_route.as_ref().map(doc));
+    docs.extend(children.grafana_dashboard.as_ref().map(doc));
     docs
 }
 
@@ -163,7 +172,11 @@ pub mod names {
     pub const CONFIG_SUFFIX: &str = "-config";
     /// Every managed Redis child (Deployment, Service, NetworkPolicy, PDB, password Secret).
     pub const REDIS_SUFFIX: &str = "-redis";
-    /// All of them.
+    /// The Grafana dashboard ConfigMap. Not among [`SUFFIXES`]: no other ConfigMap name ends in
+    /// it, and a LiveRealtime called `x-dashboard` derives `x-dashboard-dashboard`, so no name
+    /// needs refusing for it.
+    pub const DASHBOARD_SUFFIX: &str = "-dashboard";
+    /// The suffixes a LiveRealtime's own name must not end in.
     pub const SUFFIXES: [&str; 3] = [ADMIN_SUFFIX, CONFIG_SUFFIX, REDIS_SUFFIX];
     /// Longest LiveRealtime name: a Service name (DNS-1035 label) is at most 63 characters,
     /// and `-admin` / `-redis` are the longest suffixes a Service gets.

@@ -36,6 +36,9 @@ pub fn desired(lr: &LiveRealtime) -> DynamicObject {
     selector.insert(SERVICE_LABEL.to_owned(), "admin".to_owned());
     obj.data = json!({
         "spec": {
+            // `job` = the LiveRealtime's name (the instance label's value), not the admin
+            // Service's `NAME-admin`: the dashboard and alerts in deploy/monitoring join on it.
+            "jobLabel": "app.kubernetes.io/instance",
             "selector": {"matchLabels": selector},
             "endpoints": [{
                 "port": "admin",

@@ -214,6 +214,7 @@ impl Tests {
             format!("{name}-admin"),
             format!("{name}-config"),
             format!("{name}-redis"),
+            format!("{name}-dashboard"),
         ];
         for n in &candidates {
             if self.get::<ConfigMap>(ns, n).await.is_some() {
@@ -631,14 +632,31 @@ impl Tests {
         };
         self.apply_lr(ns, "chat", base.clone()).await?;
         expect(managed.clone(), "every default child").await?;
-        // Admin NetworkPolicy and an HPA on: exactly those appear.
-        self.apply_lr(ns, "chat", with(json!({"admin": {"networkPolicy": {"enabled": true}}, "autoscaling": {"enabled": true}})))
+        // Admin NetworkPolicy, an HPA and the Grafana dashboard on: exactly those appear.
+        self.apply_lr(ns, "chat", with(json!({"admin": {"networkPolicy": {"enabled": true}}, "autoscaling": {"enabled": true},
+                                              "monitoring": {"grafanaDashboard": {"enabled": true}}})))
             .await?;
         let mut more = managed.clone();
         more.insert("NetworkPolicy/chat-admin".into());
         more.insert("HorizontalPodAutoscaler/chat".into());
-        expect(more, "admin NetworkPolicy and HPA").await?;
-        // PDB, ServiceMonitor off, Redis external: exactly those go.
+        more.insert("ConfigMap/chat-dashboard".into());
+        expect(more, "admin NetworkPolicy, HPA and dashboard").await?;
+        let dashboard: ConfigMap = self
+            .get(ns, "chat-dashboard")
+            .await
+            .expect("the dashboard ConfigMap");
+        assert_eq!(
+            dashboard
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get("grafana_dashboard")
+                .map(String::as_str),
+            Some("1"),
+            "the sidecar's label"
+        );
+        // PDB, ServiceMonitor, the dashboard off (the monitoring section replaced), Redis
+        // external: exactly those go.
         self.apply_lr(
             ns,
             "chat",
