@@ -71,12 +71,20 @@ pub struct TooManyChannels;
 impl Session {
     /// The claims in force: those of the connect token, or of the last accepted refresh.
     pub fn claims(&self) -> Arc<Claims> {
-        Arc::clone(&self.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .claims
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Puts a refreshed token's claims in force (same user, checked by the caller).
     pub fn set_claims(&self, claims: Arc<Claims>) {
-        *self.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner) = claims;
+        *self
+            .claims
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = claims;
     }
 
     pub fn new(claims: Claims, now: Instant, burst: u32) -> Self {

@@ -60,7 +60,9 @@ async fn store(url: &str, prefix: &str) -> (History, fred::clients::Pool) {
         prefix: prefix.to_owned(),
         pod: "test".to_owned(),
     };
-    let pool = live_gateway::cluster::clients(&settings).expect("client").pool;
+    let pool = live_gateway::cluster::clients(&settings)
+        .expect("client")
+        .pool;
     pool.init().await.expect("connects");
     (
         History::in_redis(pool.clone(), prefix, Metrics::new()),

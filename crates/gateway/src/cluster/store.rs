@@ -388,7 +388,11 @@ impl SharedStore {
     /// The pods alive since `now_ms - POD_TTL`.
     async fn live_pods(&self, op: &'static str, now_ms: u64) -> Result<Vec<String>, ()> {
         let alive_since = now_ms.saturating_sub(POD_TTL.as_millis() as u64);
-        let args = vec![self.pods_key("index"), alive_since.to_string(), "+inf".into()];
+        let args = vec![
+            self.pods_key("index"),
+            alive_since.to_string(),
+            "+inf".into(),
+        ];
         self.command(op, "ZRANGEBYSCORE", args).await
     }
 
@@ -398,7 +402,11 @@ impl SharedStore {
         let mut total = HashMap::new();
         for pod in self.live_pods("channels", now_ms).await? {
             let counts: HashMap<String, u64> = self
-                .command("channels", "HGETALL", vec![self.pods_key(&format!("viewers:{pod}"))])
+                .command(
+                    "channels",
+                    "HGETALL",
+                    vec![self.pods_key(&format!("viewers:{pod}"))],
+                )
                 .await?;
             for (channel, n) in counts {
                 *total.entry(channel).or_default() += n;
