@@ -336,21 +336,59 @@ impl<T> Receiver<T> {
     }
 
     /// Waits for the next queued or volatile value; `None` once closed and drained.
+    #[cfg(test)]
     pub(crate) async fn next_item(&mut self) -> Option<Item<T>> {
         poll_fn(|cx| self.poll_next_item(cx)).await
     }
 
+    /// Moves everything queued, then the volatile value, to the end of `into` with one lock.
+    /// When `into` is empty its storage is swapped with the queue's, so the queue keeps it for
+    /// the next values and a busy socket reuses two buffers without allocating. The number
+    /// moved, `None` once closed and drained, or `cx` registered to be woken.
+    pub(crate) fn poll_take_all(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<T>,
+    ) -> Poll<Option<usize>> {
+        let mut state = self.0.lock();
+        if state.items.is_empty() && state.volatile.is_none() {
+            return Self::end_or_wait(state, cx);
+        }
+        let mut moved = state.items.len();
+        if into.is_empty() {
+            std::mem::swap(&mut state.items, into);
+        } else {
+            into.extend(state.items.drain(..));
+        }
+        if let Some(value) = state.volatile.take() {
+            into.push_back(*value);
+            moved += 1;
+        }
+        let waiting = state.space_waiters > 0;
+        drop(state);
+        if waiting {
+            self.0.space.notify_waiters();
+        }
+        Poll::Ready(Some(moved))
+    }
+
+    /// Ready once the queue is closed (or the sender gone), without taking anything from it;
+    /// otherwise `cx` is registered to be woken then, and not by new values.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.0.lock();
+        if state.ended() {
+            return Poll::Ready(());
+        }
+        // A writer holding its writes back must not be woken by every value queued meanwhile.
+        state.rx_waker = None;
+        register(&mut state.closed_waker, cx);
+        Poll::Pending
+    }
+
     /// Completes once the queue is closed, without taking anything from it.
+    #[cfg(test)]
     pub(crate) async fn closed(&self) {
-        poll_fn(|cx| {
-            let mut state = self.0.lock();
-            if state.ended() {
-                return Poll::Ready(());
-            }
-            register(&mut state.closed_waker, cx);
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_closed(cx)).await
     }
 
     /// Waits for the next value; `None` once the queue is closed and drained.

@@ -184,6 +184,10 @@ impl<A: Adapter> Namespace<A> {
 
         socket.set_connected(true);
         self.handler.call(socket, auth);
+        // The middlewares and the handler's extractors have read the request: drop its headers
+        // and extensions, which would otherwise stay for the connection's life
+        // (live-realtime fork).
+        esocket.release_req_parts();
 
         Ok(())
     }
@@ -303,10 +307,21 @@ impl<A: Adapter> InnerEmitter for Namespace<A> {
 
     fn send_many(&self, sids: BroadcastIter<'_>, data: Value) -> Result<(), Vec<SocketError>> {
         let sockets = self.sockets.read().unwrap();
-        let errs: Vec<SocketError> = sids
-            .filter_map(|sid| sockets.get(&sid))
-            .filter_map(|socket| socket.send_raw(data.clone()).err())
-            .collect();
+        let errs: Vec<SocketError> = match &data {
+            // A text packet is framed once, here, and every member's queue gets a reference to
+            // the same frame, which its writer sends as it is (live-realtime fork: each member
+            // framed and copied it again).
+            Value::Str(msg, None) => {
+                let frame = engineioxide::MessageFrame::new(msg);
+                sids.filter_map(|sid| sockets.get(&sid))
+                    .filter_map(|socket| socket.send_frame(&frame).err())
+                    .collect()
+            }
+            _ => sids
+                .filter_map(|sid| sockets.get(&sid))
+                .filter_map(|socket| socket.send_raw(data.clone()).err())
+                .collect(),
+        };
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 
