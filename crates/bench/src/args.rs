@@ -85,6 +85,10 @@ pub enum Scenario {
     Saturate(Saturate),
     /// 5. Join storm: connect, then every connection joins one channel at once; time to settle.
     JoinStorm(JoinStorm),
+    /// Reconnect storm: joined viewers are cut at once (a drained gateway or a client-side
+    /// abort) and reconnect; time until all rejoined, presence traffic, and the latency an
+    /// unaffected channel sees meanwhile.
+    ReconnectStorm(crate::reconnect_storm::ReconnectStorm),
 }
 
 #[derive(Debug, Clone, clap::Args, Serialize)]

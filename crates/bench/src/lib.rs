@@ -14,6 +14,7 @@ pub mod engineio;
 pub mod pacing;
 pub mod plan;
 pub mod procfs;
+pub mod reconnect_storm;
 pub mod report;
 pub mod run;
 pub mod search;

@@ -19,6 +19,8 @@ pub struct Report {
     pub saturation: Option<Saturation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join_storm: Option<JoinStorm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_storm: Option<crate::reconnect_storm::Summary>,
     /// CPU seconds the load generator itself used, to tell whether it, not the server, was the
     /// bottleneck.
     pub bench_cpu_seconds: f64,

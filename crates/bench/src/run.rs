@@ -35,6 +35,7 @@ pub async fn run(common: Common, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Fanout(a) => fanout(&common, a).await?,
         Scenario::Saturate(a) => saturate(&common, a).await?,
         Scenario::JoinStorm(a) => join_storm(&common, a).await?,
+        Scenario::ReconnectStorm(a) => crate::reconnect_storm::run(&common, a).await?,
     };
     report.bench_cpu_seconds = procfs::ticks_to_secs(
         procfs::read_cpu_ticks(None)
@@ -532,6 +533,7 @@ impl Harness {
             rounds,
             saturation: None,
             join_storm: None,
+            reconnect_storm: None,
             bench_cpu_seconds: 0.0,
             bench_rss_kb,
         }
