@@ -126,6 +126,17 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     (Sender(shared.clone()), Receiver(shared))
 }
 
+/// What [`Receiver::poll_take_all`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Nothing was queued; the caller is registered for the next value.
+    Nothing,
+    /// Values were moved; `last` when the queue has ended and nothing more will come.
+    Values { last: bool },
+    /// The queue has ended and is drained.
+    Ended,
+}
+
 /// What the receiver took: a queued value, or the volatile one.
 pub(crate) enum Item<T> {
     Queued(T),
@@ -343,18 +354,18 @@ impl<T> Receiver<T> {
 
     /// Moves everything queued, then the volatile value, to the end of `into` with one lock.
     /// When `into` is empty its storage is swapped with the queue's, so the queue keeps it for
-    /// the next values and a busy socket reuses two buffers without allocating. The number
-    /// moved, `None` once closed and drained, or `cx` registered to be woken.
-    pub(crate) fn poll_take_all(
-        &mut self,
-        cx: &mut Context<'_>,
-        into: &mut VecDeque<T>,
-    ) -> Poll<Option<usize>> {
+    /// the next values and a busy socket reuses two buffers without allocating. Unless the
+    /// queue has ended, `cx` is registered to be woken by the next value, so the caller need not
+    /// come back just to register.
+    pub(crate) fn poll_take_all(&mut self, cx: &mut Context<'_>, into: &mut VecDeque<T>) -> Take {
         let mut state = self.0.lock();
-        if state.items.is_empty() && state.volatile.is_none() {
-            return Self::end_or_wait(state, cx);
+        let ended = state.ended();
+        if !ended {
+            register(&mut state.rx_waker, cx);
         }
-        let mut moved = state.items.len();
+        if state.items.is_empty() && state.volatile.is_none() {
+            return if ended { Take::Ended } else { Take::Nothing };
+        }
         if into.is_empty() {
             std::mem::swap(&mut state.items, into);
         } else {
@@ -362,14 +373,13 @@ impl<T> Receiver<T> {
         }
         if let Some(value) = state.volatile.take() {
             into.push_back(*value);
-            moved += 1;
         }
         let waiting = state.space_waiters > 0;
         drop(state);
         if waiting {
             self.0.space.notify_waiters();
         }
-        Poll::Ready(Some(moved))
+        Take::Values { last: ended }
     }
 
     /// Ready once the queue is closed (or the sender gone), without taking anything from it;
@@ -405,13 +415,13 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// Frees the queue's storage if it is empty. The writer calls this after a write unless
-    /// the socket is busy, so an idle socket holds no memory while a busy one does not pay an
-    /// allocation per write.
-    pub(crate) fn shrink_if_empty(&mut self) {
+    /// Reduces the queue's storage to `keep` slots if it is empty and holds more. The writer
+    /// calls this after a write unless the socket is busy, so an idle socket holds little
+    /// memory while a busy one does not pay an allocation per write.
+    pub(crate) fn shrink_to(&mut self, keep: usize) {
         let mut state = self.0.lock();
-        if state.items.is_empty() && state.items.capacity() > 0 {
-            state.items = VecDeque::new();
+        if state.items.is_empty() && state.items.capacity() > keep {
+            state.items.shrink_to(keep);
         }
     }
 
@@ -458,7 +468,9 @@ mod tests {
         }
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         assert!(tx.0.lock().items.capacity() >= 500, "kept until asked");
-        rx.shrink_if_empty();
+        rx.shrink_to(2);
+        assert!(tx.0.lock().items.capacity() <= 2);
+        rx.shrink_to(0);
         assert_eq!(tx.0.lock().items.capacity(), 0);
     }
 

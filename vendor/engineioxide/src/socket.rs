@@ -118,11 +118,27 @@ pub(crate) enum Outbound {
     /// Any other packet, or packets that go out together (a message and its attachments).
     /// Boxed: rare, and inline it would quadruple every slot.
     Packets(Box<PacketBuf>),
+    /// Whole websocket frames, ready to write: what the websocket writer turns the other
+    /// variants into, and its own frames (pings, pongs, the close frame). Never queued.
+    Wire(bytes::Bytes),
 }
 
 impl Outbound {
     pub(crate) fn packets(packets: PacketBuf) -> Self {
         Outbound::Packets(Box::new(packets))
+    }
+
+    /// The frames of a [`Outbound::Wire`] entry (the websocket writer frames every entry before
+    /// it writes them).
+    pub(crate) fn wire_mut(&mut self) -> &mut bytes::Bytes {
+        if !matches!(self, Outbound::Wire(_)) {
+            debug_assert!(false, "an entry was written before it was framed");
+            *self = Outbound::Wire(bytes::Bytes::new());
+        }
+        match self {
+            Outbound::Wire(frames) => frames,
+            _ => unreachable!("made a Wire entry above"),
+        }
     }
 
     /// The packets, for the polling transport (which encodes them into a payload).
@@ -131,6 +147,7 @@ impl Outbound {
             Outbound::Frame(frame) => smallvec![Packet::Message(frame.message())],
             Outbound::Message(msg) => smallvec![Packet::Message(msg)],
             Outbound::Packets(packets) => *packets,
+            Outbound::Wire(_) => smallvec![],
         }
     }
 }

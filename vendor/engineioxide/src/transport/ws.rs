@@ -148,7 +148,7 @@ where
         config.ws_max_frame_size,
         config.ws_max_message_size,
     );
-    let (socket, heartbeat) = if let Some(sid) = sid {
+    let (socket, first, heartbeat) = if let Some(sid) = sid {
         match engine.get_socket(sid) {
             None => return Err(Error::UnknownSessionID(sid)),
             Some(socket) if socket.is_ws() => return Err(Error::MultipleWebsocketRequests),
@@ -172,7 +172,7 @@ where
                     }
                 }
                 // The session keeps the heartbeat task it was opened with.
-                (socket, None)
+                (socket, None, None)
             }
         }
     } else {
@@ -187,22 +187,20 @@ where
             socket.id,
             config,
         ));
-        if let Some(frame) = encode_packet(open, protocol) {
-            conn.push(frame);
-        }
         let heartbeat = Heartbeat::new(
             protocol,
             config.ping_interval,
             config.ping_timeout,
             tokio::time::Instant::now(),
         );
-        (socket, Some(heartbeat))
+        (socket, encode_packet(open, protocol), Some(heartbeat))
     };
     let coalescer = Coalescer::new(config.ws_write_coalesce, engine.write_epoch);
     Ok(Session {
         engine,
         socket,
         conn,
+        first,
         heartbeat,
         coalescer,
     })

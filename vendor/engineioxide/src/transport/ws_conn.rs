@@ -3,10 +3,10 @@
 //!
 //! Reads go through a buffer on the stack of the polling call, so an idle connection holds no
 //! read buffer (tungstenite kept one of `read_buffer_size`, allocated up front, for the
-//! connection's life). Writes take frames as `Bytes` (a broadcast's frame is shared by all its
-//! members) and hand up to [`MAX_IOV`] of them to one vectored write, so coalesced messages
-//! leave in one syscall without being copied into a write buffer (tungstenite copied each into
-//! one it kept at its high-water mark).
+//! connection's life). Writes take the frames where they are queued, as `Bytes` (a broadcast's
+//! frame is shared by all its members), and hand up to [`MAX_IOV`] of them to one vectored
+//! write, so coalesced messages leave in one syscall without being copied into a write buffer
+//! (tungstenite copied each into one it kept at its high-water mark).
 
 use std::{
     collections::VecDeque,
@@ -23,8 +23,8 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::ws_frame::{Decoder, Incoming};
 
-/// Frames handed to one vectored write.
-const MAX_IOV: usize = 64;
+/// Frames handed to one vectored write: more than a coalescing window usually holds.
+const MAX_IOV: usize = 16;
 /// The most bytes taken from the socket per read: the size of the stack buffer.
 pub(crate) const MAX_READ_CHUNK: usize = 8 * 1024;
 /// Reads per poll before yielding to other tasks, so a client that floods cannot starve them.
@@ -46,8 +46,6 @@ pub(crate) struct WsConn<S> {
     decoder: Decoder,
     /// Bytes taken per read (at most [`MAX_READ_CHUNK`]).
     read_chunk: usize,
-    /// Whole frames waiting to be written, in order; the front one may be partly written.
-    out: VecDeque<Bytes>,
 }
 
 impl<S> WsConn<S>
@@ -59,50 +57,47 @@ where
             io,
             decoder: Decoder::new(max_frame, max_message),
             read_chunk: read_chunk.clamp(64, MAX_READ_CHUNK),
-            out: VecDeque::new(),
         }
     }
 
-    /// Queues a whole frame to be written by [`WsConn::poll_write`].
-    pub(crate) fn push(&mut self, frame: Bytes) {
-        self.out.push_back(frame);
-    }
-
-    pub(crate) fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    /// Frees the storage of the output queue once it is empty (an idle connection).
-    pub(crate) fn release_output(&mut self) {
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = VecDeque::new();
-        }
-    }
-
-    /// Writes the queued frames; ready once all are written.
-    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(self.out.iter()) {
-                *slot = IoSlice::new(frame);
-                count += 1;
-            }
-            let mut written =
-                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+    /// Writes the frames at the front of `frames`, in order, removing each once written; ready
+    /// once `frames` is empty. `bytes` gives an entry's frame (whole frames, possibly several
+    /// back to back, of which the front entry's may have been partly written already).
+    pub(crate) fn poll_write<F>(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut VecDeque<F>,
+        bytes: impl Fn(&mut F) -> &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        while !frames.is_empty() {
+            let written = if frames.len() == 1 {
+                // One frame (the usual case): a plain write, cheaper than a vectored one.
+                let front = bytes(&mut frames[0]);
+                ready!(Pin::new(&mut self.io).poll_write(cx, front))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(frames.iter_mut()) {
+                    *slot = IoSlice::new(bytes(frame));
+                    count += 1;
+                }
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?
+            };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            while written > 0 {
-                let Some(front) = self.out.front_mut() else {
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = frames.front_mut() else {
                     break;
                 };
-                if written >= front.len() {
-                    written -= front.len();
-                    self.out.pop_front();
+                let front = bytes(front);
+                if left >= front.len() {
+                    left -= front.len();
+                    frames.pop_front();
                 } else {
-                    front.advance(written);
-                    written = 0;
+                    front.advance(left);
+                    left = 0;
                 }
             }
         }
@@ -156,10 +151,10 @@ where
         }
     }
 
-    /// Writes `frame` and everything queued before it (for the handshakes).
+    /// Writes `frame` at once (for the handshakes).
     pub(crate) async fn send(&mut self, frame: Bytes) -> io::Result<()> {
-        self.push(frame);
-        std::future::poll_fn(|cx| self.poll_write(cx)).await
+        let mut frames = VecDeque::from([frame]);
+        std::future::poll_fn(|cx| self.poll_write(cx, &mut frames, |b| b)).await
     }
 }
 
@@ -206,8 +201,10 @@ mod tests {
             Some(Incoming::Text(Bytes::from(big)))
         );
 
-        server.push(text_frame(b"4", b"one"));
-        server.push(text_frame(b"4", b"two"));
+        let mut frames = VecDeque::from([text_frame(b"4", b"one"), text_frame(b"4", b"two")]);
+        std::future::poll_fn(|cx| server.poll_write(cx, &mut frames, |b| b))
+            .await
+            .unwrap();
         server.send(text_frame(b"", b"3")).await.unwrap();
         for expected in ["4one", "4two", "3"] {
             assert_eq!(
@@ -230,26 +227,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_too_large_for_the_pipe_are_written_in_parts_and_nothing_is_kept_after() {
+    async fn frames_too_large_for_the_pipe_are_written_in_parts_in_order() {
         // A pipe much smaller than the frames: every write is partial.
         let (mut server, mut client) = pair(100).await;
-        let texts: Vec<String> = (0..5).map(|i| i.to_string().repeat(300)).collect();
-        for t in &texts {
-            server.push(text_frame(b"4", t.as_bytes()));
-        }
+        let texts: Vec<String> = (0..20).map(|i| (i % 10).to_string().repeat(300)).collect();
+        let mut frames: VecDeque<Bytes> = texts
+            .iter()
+            .map(|t| text_frame(b"4", t.as_bytes()))
+            .collect();
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
-            for _ in 0..5 {
+            for _ in 0..20 {
                 got.push(client.next().await.unwrap().unwrap());
             }
             got
         });
-        std::future::poll_fn(|cx| server.poll_write(cx))
+        std::future::poll_fn(|cx| server.poll_write(cx, &mut frames, |b| b))
             .await
             .unwrap();
-        assert!(!server.has_output());
-        server.release_output();
-        assert_eq!(server.out.capacity(), 0);
+        assert!(frames.is_empty());
         let got = reader.await.unwrap();
         let expected: Vec<_> = texts
             .iter()

@@ -272,23 +272,36 @@ const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PONG: u8 = 0xA;
 
+/// Appends a text frame whose payload is `prefix` followed by `text`.
+pub(crate) fn put_text_frame(out: &mut BytesMut, prefix: &[u8], text: &[u8]) {
+    put_data_frame(out, OP_TEXT, prefix, text);
+}
+
+/// Appends a binary frame whose payload is `prefix` followed by `data`.
+pub(crate) fn put_binary_frame(out: &mut BytesMut, prefix: &[u8], data: &[u8]) {
+    put_data_frame(out, OP_BINARY, prefix, data);
+}
+
+fn put_data_frame(out: &mut BytesMut, opcode: u8, prefix: &[u8], data: &[u8]) {
+    let len = prefix.len() + data.len();
+    out.reserve(MAX_SERVER_HEADER + len);
+    put_header(out, opcode, len);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(data);
+}
+
 /// A text frame whose payload is `prefix` followed by `text`.
 pub(crate) fn text_frame(prefix: &[u8], text: &[u8]) -> Bytes {
-    let len = prefix.len() + text.len();
-    let mut out = BytesMut::with_capacity(MAX_SERVER_HEADER + len);
-    put_header(&mut out, OP_TEXT, len);
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(text);
+    let mut out = BytesMut::new();
+    put_text_frame(&mut out, prefix, text);
     out.freeze()
 }
 
 /// A binary frame whose payload is `prefix` followed by `data`.
+#[cfg(test)]
 pub(crate) fn binary_frame(prefix: &[u8], data: &[u8]) -> Bytes {
-    let len = prefix.len() + data.len();
-    let mut out = BytesMut::with_capacity(MAX_SERVER_HEADER + len);
-    put_header(&mut out, OP_BINARY, len);
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(data);
+    let mut out = BytesMut::new();
+    put_binary_frame(&mut out, prefix, data);
     out.freeze()
 }
 

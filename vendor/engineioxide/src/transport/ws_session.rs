@@ -18,13 +18,17 @@ use std::{
     future::poll_fn,
     ops::ControlFlow,
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use engineioxide_core::{Packet, ProtocolVersion, Str};
+use futures_util::task::AtomicWaker;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     time::{Instant, Sleep},
@@ -37,7 +41,11 @@ use super::{
     ws_heartbeat::{Heartbeat, TimedOut},
 };
 use crate::{
-    DisconnectReason, Socket, engine::EngineIo, errors::Error, handler::EngineIoHandler, queue,
+    DisconnectReason, Socket,
+    engine::EngineIo,
+    errors::Error,
+    handler::EngineIoHandler,
+    queue::{self, Take},
     socket::Outbound,
 };
 
@@ -75,12 +83,16 @@ impl Coalescer {
 
     /// When a packet arriving at `now` should be written: `None` for at once.
     fn hold_until(&self, now: Instant) -> Option<Instant> {
-        if self.interval.is_zero() {
+        // A socket that gets less than a packet per window is never held (`held` below is at
+        // most one window): settled without reading the clock, for most sockets.
+        if !self.busy() {
             return None;
         }
+        // In u64 nanoseconds (584 years): a u128 division is a library call, on every write.
+        let interval = u64::try_from(self.interval.as_nanos()).ok()?;
         let since_epoch = self.last_write?.checked_duration_since(self.epoch)?;
-        let window = since_epoch.as_nanos() / self.interval.as_nanos();
-        let due = self.epoch + self.interval.checked_mul(u32::try_from(window + 1).ok()?)?;
+        let window = u64::try_from(since_epoch.as_nanos()).ok()? / interval;
+        let due = self.epoch + Duration::from_nanos((window + 1).checked_mul(interval)?);
         let held = due.checked_duration_since(now).filter(|h| !h.is_zero())?;
         (self.rate * held.as_secs_f64() >= 1.0).then_some(due)
     }
@@ -88,7 +100,7 @@ impl Coalescer {
     /// True while the socket gets about one packet per interval or more: its buffers are kept
     /// between writes rather than freed and allocated again each time.
     fn busy(&self) -> bool {
-        self.rate * self.interval.as_secs_f64() >= 1.0
+        !self.interval.is_zero() && self.rate * self.interval.as_secs_f64() >= 1.0
     }
 
     /// Records a write of `packets` packets that finished at `now`.
@@ -106,23 +118,30 @@ impl Coalescer {
     }
 }
 
-/// Frames a packet for the websocket; `None` for packets that are not sent.
-pub(crate) fn encode_packet(packet: Packet, protocol: ProtocolVersion) -> Option<Bytes> {
+/// Appends the websocket frame of a packet to `out`; false for packets that are not sent.
+pub(crate) fn put_packet(out: &mut BytesMut, packet: Packet, protocol: ProtocolVersion) -> bool {
     match packet {
-        Packet::Message(msg) => Some(ws_frame::text_frame(b"4", msg.as_bytes())),
+        Packet::Message(msg) => ws_frame::put_text_frame(out, b"4", msg.as_bytes()),
         // v3 puts the packet type in front of binary data.
         Packet::Binary(bin) | Packet::BinaryV3(bin) if protocol == ProtocolVersion::V3 => {
-            Some(ws_frame::binary_frame(&[0x04], &bin))
+            ws_frame::put_binary_frame(out, &[0x04], &bin)
         }
-        Packet::Binary(bin) | Packet::BinaryV3(bin) => Some(ws_frame::binary_frame(&[], &bin)),
+        Packet::Binary(bin) | Packet::BinaryV3(bin) => ws_frame::put_binary_frame(out, &[], &bin),
         // A Noop packet may be sent by the server to end a polling request during an upgrade;
         // if no polling request took it, it is left over and discarded here.
-        Packet::Noop => None,
+        Packet::Noop => return false,
         packet => {
             let packet: String = packet.into();
-            Some(ws_frame::text_frame(b"", packet.as_bytes()))
+            ws_frame::put_text_frame(out, b"", packet.as_bytes());
         }
     }
+    true
+}
+
+/// The websocket frame of a packet; `None` for packets that are not sent.
+pub(crate) fn encode_packet(packet: Packet, protocol: ProtocolVersion) -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    put_packet(&mut out, packet, protocol).then(|| out.freeze())
 }
 
 /// Text that the decoder checked to be UTF-8, as a [`Str`].
@@ -131,11 +150,48 @@ pub(crate) fn checked_text(bytes: Bytes) -> Str {
     unsafe { Str::from_bytes_unchecked(bytes) }
 }
 
+/// Wakes the session's task when its socket is readable, and records that it was that: the
+/// session reads only then, rather than polling the socket on every packet queued for it
+/// (a write-only wake-up is the common one: a member of a busy channel).
+#[derive(Debug, Default)]
+struct ReadSignal {
+    readable: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.readable.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// The time, read once per pass of the loop and only when something needs it.
+#[derive(Default)]
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
+/// Frame entries kept allocated by an idle socket: one write's worth of the usual traffic (a
+/// message, or a message and a ping), so a socket fed a message at a time does not allocate
+/// and free its buffers for every one.
+const KEEP_SLOTS: usize = 2;
+
 /// One session's connection task.
 pub(crate) struct Session<H: EngineIoHandler, S> {
     pub(crate) engine: Arc<EngineIo<H>>,
     pub(crate) socket: Arc<Socket<H::Data>>,
     pub(crate) conn: WsConn<S>,
+    /// Frames the session writes before anything queued: the open packet.
+    pub(crate) first: Option<Bytes>,
     /// The heartbeat of a session opened on the websocket; a session upgraded from polling
     /// keeps the heartbeat task it started with, and this forwards its pongs there.
     pub(crate) heartbeat: Option<Heartbeat>,
@@ -152,6 +208,7 @@ where
             engine,
             socket,
             conn,
+            first,
             heartbeat,
             coalescer,
         } = self;
@@ -170,16 +227,23 @@ where
         };
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
+        let signal = Arc::new(ReadSignal {
+            readable: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         let mut driver = Driver {
             engine: &engine,
             socket: &socket,
             conn,
+            read_waker: Waker::from(signal.clone()),
+            signal,
             heartbeat,
             coalescer,
-            taken: VecDeque::new(),
+            pending: first.into_iter().map(Outbound::Wire).collect(),
             batch: 0,
             hold: None,
             released: false,
+            armed: None,
             reading: true,
             read_buffered: true,
             ending: None,
@@ -197,16 +261,22 @@ struct Driver<'a, H: EngineIoHandler, S> {
     engine: &'a Arc<EngineIo<H>>,
     socket: &'a Arc<Socket<H::Data>>,
     conn: WsConn<S>,
+    signal: Arc<ReadSignal>,
+    /// Wakes through `signal`: given to the socket's reads.
+    read_waker: Waker,
     heartbeat: Option<Heartbeat>,
     coalescer: Coalescer,
-    /// Values taken from the queue and not framed yet (held back while coalescing).
-    taken: VecDeque<Outbound>,
-    /// Frames handed to the connection since the last completed write.
+    /// What goes out next, in order: values taken from the queue (framed in place just before
+    /// they are written) and the session's own frames. The front one may be partly written.
+    pending: VecDeque<Outbound>,
+    /// Frames handed to the socket since the last completed write.
     batch: usize,
-    /// Coalescing holds the values taken until then.
+    /// Coalescing holds what is pending until then.
     hold: Option<Instant>,
     /// A hold just ended: write what is taken without holding again.
     released: bool,
+    /// The deadline the timer was set to and registered for; `None` once it passed.
+    armed: Option<Instant>,
     reading: bool,
     /// Bytes read during the handshakes may hold messages: decode them before reading.
     read_buffered: bool,
@@ -226,35 +296,46 @@ where
         rx: &mut queue::Receiver<Outbound>,
         mut timer: Pin<&mut Sleep>,
     ) -> Poll<()> {
+        self.signal.task.register(cx.waker());
         loop {
             let mut again = false;
-            if self.reading {
-                again |= self.poll_read(cx).is_ready();
+            let mut clock = Clock::default();
+
+            if self.reading && self.signal.readable.swap(false, Ordering::Acquire) {
+                again |= self.poll_read();
             }
 
-            let now = Instant::now();
-            if self.hold.is_some_and(|due| now >= due) {
+            // The timer's deadlines: the end of a hold, the heartbeat, the closing grace.
+            if self.hold.is_some_and(|due| clock.now() >= due) {
                 self.hold = None;
                 self.released = true;
             }
-            if let Some(heartbeat) = &mut self.heartbeat {
-                match heartbeat.expired(now) {
+            if let Some(heartbeat) = &mut self.heartbeat
+                && heartbeat.deadline() <= clock.now()
+            {
+                match heartbeat.expired(clock.now()) {
                     Ok(None) => {}
-                    Ok(Some(packet)) => self.push_packet(packet),
+                    Ok(Some(packet)) => {
+                        if let Some(frame) = encode_packet(packet, self.socket.protocol) {
+                            self.pending.push_back(Outbound::Wire(frame));
+                        }
+                    }
                     Err(TimedOut) => {
                         #[cfg(feature = "tracing")]
                         tracing::debug!(sid = %self.socket.id, "heartbeat timeout");
                         self.heartbeat = None;
                         self.socket.close(DisconnectReason::HeartbeatTimeout);
+                        again = true;
                     }
                 }
             }
-            if self.ending.is_some_and(|deadline| now >= deadline) {
+            if self.ending.is_some_and(|deadline| clock.now() >= deadline) {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(sid = %self.socket.id, "peer not reading, dropping the rest");
                 return Poll::Ready(());
             }
 
+            // The queue. Taking registers for what comes next, unless a hold starts.
             if self.ending.is_none() {
                 if self.hold.is_some() && rx.poll_closed(cx).is_ready() {
                     // The session ended: what is held goes out now.
@@ -262,34 +343,37 @@ where
                     self.released = true;
                 }
                 if self.hold.is_none() {
-                    match rx.poll_take_all(cx, &mut self.taken) {
-                        Poll::Ready(None) => {
-                            self.frame_taken();
-                            self.ending = Some(now + CLOSING_GRACE);
+                    let idle = self.pending.is_empty();
+                    match rx.poll_take_all(cx, &mut self.pending) {
+                        Take::Ended | Take::Values { last: true } => {
+                            // What was queued before the end still goes out, then the close.
+                            self.ending = Some(clock.now() + CLOSING_GRACE);
                             self.reading = false;
-                            again = true;
                         }
-                        // Nothing queued, and nothing held either.
-                        Poll::Pending if self.taken.is_empty() => {}
-                        // Newly taken, or released from a hold.
-                        Poll::Ready(Some(_)) | Poll::Pending => {
-                            if !self.released
-                                && self.batch == 0
-                                && let Some(due) = self.coalescer.hold_until(now)
-                            {
+                        Take::Values { last: false } if idle && !self.released => {
+                            if let Some(due) = self.coalescer.hold_until(clock.now()) {
                                 self.hold = Some(due);
-                            } else {
-                                self.frame_taken();
+                                // Values queued while holding wait for the hold's end.
+                                let _ = rx.poll_closed(cx);
                             }
-                            again = true;
                         }
+                        Take::Values { last: false } | Take::Nothing => {}
                     }
                 }
             }
+            if self.ending.is_some() && !self.close_sent && self.hold.is_none() {
+                self.pending
+                    .push_back(Outbound::Wire(Bytes::from_static(ws_frame::CLOSE_FRAME)));
+                self.close_sent = true;
+            }
 
-            if self.conn.has_output() {
-                match self.conn.poll_write(cx) {
-                    Poll::Ready(Ok(())) => self.wrote(rx),
+            if self.hold.is_none() && !self.pending.is_empty() {
+                self.frame_pending();
+                match self
+                    .conn
+                    .poll_write(cx, &mut self.pending, Outbound::wire_mut)
+                {
+                    Poll::Ready(Ok(())) => self.wrote(rx, &mut clock),
                     Poll::Ready(Err(_e)) => {
                         #[cfg(feature = "tracing")]
                         tracing::debug!(sid = %self.socket.id, "ws write error: {_e}");
@@ -300,16 +384,14 @@ where
                     Poll::Pending => {}
                 }
             }
-
-            if self.ending.is_some() && !self.conn.has_output() {
-                if self.close_sent {
-                    return Poll::Ready(());
-                }
-                self.conn.push(Bytes::from_static(ws_frame::CLOSE_FRAME));
-                self.close_sent = true;
-                again = true;
+            if self.ending.is_some() && self.close_sent && self.pending.is_empty() {
+                return Poll::Ready(());
             }
 
+            // Arm the timer for the earliest deadline, registering only when it changes.
+            if self.armed.is_some_and(|at| clock.now() >= at) {
+                self.armed = None;
+            }
             let deadline = [
                 self.hold,
                 self.heartbeat.as_ref().map(Heartbeat::deadline),
@@ -318,10 +400,11 @@ where
             .into_iter()
             .flatten()
             .min();
-            if let Some(deadline) = deadline {
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
+            if let Some(deadline) = deadline
+                && self.armed != Some(deadline)
+            {
+                timer.as_mut().reset(deadline);
+                self.armed = Some(deadline);
                 again |= timer.as_mut().poll(cx).is_ready();
             }
             if !again {
@@ -330,15 +413,17 @@ where
         }
     }
 
-    /// Reads and handles what the client sent; ready when reading is over.
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Reads and handles what the client sent; true when reading is over.
+    fn poll_read(&mut self) -> bool {
         let Driver {
             engine,
             socket,
             conn,
             heartbeat,
+            read_waker,
             ..
         } = self;
+        let mut cx = Context::from_waker(read_waker);
         let mut replies: Vec<Bytes> = Vec::new();
         let mut ended: Option<Result<(), Error>> = None;
         let mut on = |incoming| {
@@ -359,12 +444,12 @@ where
             }
         }
         if result.is_pending() {
-            result = conn.poll_read(cx, &mut on).map_err(Error::from);
+            result = conn.poll_read(&mut cx, &mut on).map_err(Error::from);
         }
         for reply in replies {
             if !self.close_sent {
                 self.close_sent = ws_frame::is_close(&reply);
-                self.conn.push(reply);
+                self.pending.push_back(Outbound::Wire(reply));
             }
         }
         let reason = match (result, ended) {
@@ -380,69 +465,55 @@ where
             // The peer went without a close frame (tungstenite's "reset without closing
             // handshake").
             (Poll::Ready(Ok(ReadEnd::Eof)), None) => Some(DisconnectReason::TransportError),
-            (Poll::Ready(Ok(ReadEnd::Stopped)), None) | (Poll::Pending, None) => {
-                return Poll::Pending;
-            }
+            (Poll::Ready(Ok(ReadEnd::Stopped)), None) | (Poll::Pending, None) => return false,
         };
         if let Some(reason) = reason {
             self.engine.close_session(self.socket.id, reason);
         }
         self.reading = false;
-        Poll::Ready(())
+        true
     }
 
-    fn push_packet(&mut self, packet: Packet) {
-        if let Some(frame) = encode_packet(packet, self.socket.protocol) {
-            self.conn.push(frame);
-            self.batch += 1;
-        }
-    }
-
-    /// Frames the values taken from the queue.
-    fn frame_taken(&mut self) {
+    /// Frames, in place, what is pending and not framed yet.
+    fn frame_pending(&mut self) {
         self.released = false;
-        if self.close_sent {
-            // The client closed the websocket: nothing may follow the close frame.
-            self.taken.clear();
-            return;
-        }
         let protocol = self.socket.protocol;
-        for item in self.taken.drain(..) {
-            match item {
+        for item in self.pending.iter_mut() {
+            let frame = match std::mem::replace(item, Outbound::Wire(Bytes::new())) {
+                Outbound::Wire(frame) => frame,
                 Outbound::Frame(frame) => {
-                    self.conn.push(frame.into_frame());
                     self.batch += 1;
+                    frame.into_frame()
                 }
                 Outbound::Message(msg) => {
-                    self.conn.push(ws_frame::text_frame(b"4", msg.as_bytes()));
                     self.batch += 1;
+                    ws_frame::text_frame(b"4", msg.as_bytes())
                 }
                 Outbound::Packets(packets) => {
+                    let mut out = BytesMut::new();
                     for packet in *packets {
-                        if let Some(frame) = encode_packet(packet, protocol) {
-                            self.conn.push(frame);
-                            self.batch += 1;
-                        }
+                        self.batch += usize::from(put_packet(&mut out, packet, protocol));
                     }
+                    out.freeze()
                 }
-            }
+            };
+            *item = Outbound::Wire(frame);
         }
     }
 
     /// Everything framed so far is written.
-    fn wrote(&mut self, rx: &mut queue::Receiver<Outbound>) {
+    fn wrote(&mut self, rx: &mut queue::Receiver<Outbound>, clock: &mut Clock) {
         if self.batch == 0 {
             return;
         }
-        self.coalescer.wrote(Instant::now(), self.batch);
+        self.coalescer.wrote(clock.now(), self.batch);
         self.batch = 0;
-        if !self.coalescer.busy() {
-            // An idle socket holds no buffers; a busy one keeps them for its next write.
-            rx.shrink_if_empty();
-            self.conn.release_output();
-            if self.taken.capacity() > 0 {
-                self.taken = VecDeque::new();
-            }
+        if !self.coalescer.busy() && self.pending.capacity() > KEEP_SLOTS {
+            // An idle socket keeps small buffers only; a busy one keeps what it grew to. The
+            // queue and `pending` swap storage on every take, so a large buffer shows here in
+            // turn, and the queue's lock is not taken for nothing on every write.
+            rx.shrink_to(KEEP_SLOTS);
+            self.pending.shrink_to(KEEP_SLOTS);
         }
     }
 }
@@ -874,6 +945,80 @@ mod tests {
             Ok(()),
             "the pong reached the heartbeat task's channel"
         );
+    }
+
+    /// A socket that counts the reads made on it.
+    struct CountingIo {
+        inner: DuplexStream,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingIo {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingIo {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn packets_queued_for_the_socket_do_not_make_the_session_read_it() {
+        let engine = engine(Duration::ZERO);
+        let (server, client) = tokio::io::duplex(64 * 1024);
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let io = CountingIo {
+            inner: server,
+            reads: reads.clone(),
+        };
+        let session = ws::start_session(
+            engine.clone(),
+            io,
+            ProtocolVersion::V4,
+            None,
+            Request::<()>::default().into_parts().0,
+        )
+        .await
+        .unwrap();
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let socket = session.socket.clone();
+        tokio::spawn(session.run());
+        skip_open(&mut client).await;
+        let before = reads.load(Ordering::Relaxed);
+        for i in 0..100 {
+            socket.emit(i.to_string()).unwrap();
+            assert_eq!(next(&mut client).await, Message::text(format!("4{i}")));
+        }
+        let reads_for_writes = reads.load(Ordering::Relaxed) - before;
+        assert!(
+            reads_for_writes <= 2,
+            "{reads_for_writes} reads for 100 writes"
+        );
+        // Reading still works.
+        client.send(Message::text("4up")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(*engine.handler.messages.lock().unwrap(), ["up"]);
     }
 
     #[tokio::test]
