@@ -108,7 +108,7 @@ impl From<&Error> for Option<DisconnectReason> {
 }
 
 /// What a socket's queue holds: one entry per emit (live-realtime fork: was a `PacketBuf`,
-/// 184 bytes per slot, and every message was framed again by each member's writer).
+/// 168 bytes per slot (this is 48), and every message was framed again by each member's writer).
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A message packet framed once for all the members of a broadcast.
