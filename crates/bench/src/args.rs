@@ -130,6 +130,10 @@ pub enum Scenario {
     /// Recovery: viewers of one channel drop at once, chat goes on for a gap, they reconnect
     /// and recover it; time until all recovered and items per viewer.
     Recover(Recover),
+    /// Reconnect storm: joined viewers are cut at once (a drained gateway or a client-side
+    /// abort) and reconnect; time until all rejoined, presence traffic, and the latency an
+    /// unaffected channel sees meanwhile.
+    ReconnectStorm(crate::reconnect_storm::ReconnectStorm),
 }
 
 /// How recovering viewers get what they missed.

@@ -140,7 +140,7 @@ pub struct Spec {
     pub join_on_connect: bool,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// Runs one client until told to close or the server goes away. Failures are counted, never
 /// returned: a load run reports how many connections failed rather than stopping.
@@ -247,7 +247,7 @@ pub async fn run(
 
 /// TCP from the spec's source address, the WebSocket upgrade, then the Engine.IO open packet and
 /// the namespace handshake.
-async fn connect(spec: &Spec, target: &Target) -> anyhow::Result<Ws> {
+pub(crate) async fn connect(spec: &Spec, target: &Target) -> anyhow::Result<Ws> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;

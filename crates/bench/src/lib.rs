@@ -24,6 +24,7 @@ pub mod procfs;
 pub mod recover;
 pub mod redis_stats;
 pub mod replicas;
+pub mod reconnect_storm;
 pub mod report;
 pub mod run;
 pub mod search;

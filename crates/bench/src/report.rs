@@ -24,6 +24,7 @@ pub struct Report {
     pub join_storm: Option<JoinStorm>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abuse: Option<crate::abuse::AbuseReport>,
+    pub reconnect_storm: Option<crate::reconnect_storm::Summary>,
     /// CPU seconds the load generator itself used, to tell whether it, not the server, was the
     /// bottleneck.
     pub bench_cpu_seconds: f64,

@@ -41,6 +41,7 @@ pub async fn run(common: Common, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::JoinStorm(a) => join_storm(&common, a).await?,
         Scenario::Abuse(a) => crate::abuse::run(&common, a).await?,
         Scenario::Recover(_) => anyhow::bail!("the recover scenario runs in recover::run"),
+        Scenario::ReconnectStorm(a) => crate::reconnect_storm::run(&common, a).await?,
     };
     report.replicas = replicas;
     report.placement = placement;
@@ -597,6 +598,7 @@ impl Harness {
             abuse: None,
             replicas: 0,
             placement: replicas::Placement::default(),
+            reconnect_storm: None,
             bench_cpu_seconds: 0.0,
             bench_rss_kb,
         }

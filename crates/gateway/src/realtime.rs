@@ -53,8 +53,8 @@ pub async fn authenticate<A: Adapter>(
     TryData(auth): TryData<Value>,
     State(state): State<AppState>,
 ) -> std::result::Result<(), Unauthorized> {
-    let header = s
-        .req_parts()
+    let request = s.req_parts();
+    let header = request
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());

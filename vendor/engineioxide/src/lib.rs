@@ -4,6 +4,8 @@
 
 pub use engineioxide_core::{ProtocolVersion, Str, TransportType};
 pub use socket::{DisconnectReason, Socket};
+/// A broadcast's message packet framed once for all its members (live-realtime fork).
+pub use transport::ws_frame::MessageFrame;
 
 #[doc(hidden)]
 #[cfg(feature = "__test_harness")]

@@ -126,6 +126,17 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     (Sender(shared.clone()), Receiver(shared))
 }
 
+/// What [`Receiver::poll_take_all`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Nothing was queued; the caller is registered for the next value.
+    Nothing,
+    /// Values were moved; `last` when the queue has ended and nothing more will come.
+    Values { last: bool },
+    /// The queue has ended and is drained.
+    Ended,
+}
+
 /// What the receiver took: a queued value, or the volatile one.
 pub(crate) enum Item<T> {
     Queued(T),
@@ -336,21 +347,58 @@ impl<T> Receiver<T> {
     }
 
     /// Waits for the next queued or volatile value; `None` once closed and drained.
+    #[cfg(test)]
     pub(crate) async fn next_item(&mut self) -> Option<Item<T>> {
         poll_fn(|cx| self.poll_next_item(cx)).await
     }
 
+    /// Moves everything queued, then the volatile value, to the end of `into` with one lock.
+    /// When `into` is empty its storage is swapped with the queue's, so the queue keeps it for
+    /// the next values and a busy socket reuses two buffers without allocating. Unless the
+    /// queue has ended, `cx` is registered to be woken by the next value, so the caller need not
+    /// come back just to register.
+    pub(crate) fn poll_take_all(&mut self, cx: &mut Context<'_>, into: &mut VecDeque<T>) -> Take {
+        let mut state = self.0.lock();
+        let ended = state.ended();
+        if !ended {
+            register(&mut state.rx_waker, cx);
+        }
+        if state.items.is_empty() && state.volatile.is_none() {
+            return if ended { Take::Ended } else { Take::Nothing };
+        }
+        if into.is_empty() {
+            std::mem::swap(&mut state.items, into);
+        } else {
+            into.extend(state.items.drain(..));
+        }
+        if let Some(value) = state.volatile.take() {
+            into.push_back(*value);
+        }
+        let waiting = state.space_waiters > 0;
+        drop(state);
+        if waiting {
+            self.0.space.notify_waiters();
+        }
+        Take::Values { last: ended }
+    }
+
+    /// Ready once the queue is closed (or the sender gone), without taking anything from it;
+    /// otherwise `cx` is registered to be woken then, and not by new values.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.0.lock();
+        if state.ended() {
+            return Poll::Ready(());
+        }
+        // A writer holding its writes back must not be woken by every value queued meanwhile.
+        state.rx_waker = None;
+        register(&mut state.closed_waker, cx);
+        Poll::Pending
+    }
+
     /// Completes once the queue is closed, without taking anything from it.
+    #[cfg(test)]
     pub(crate) async fn closed(&self) {
-        poll_fn(|cx| {
-            let mut state = self.0.lock();
-            if state.ended() {
-                return Poll::Ready(());
-            }
-            register(&mut state.closed_waker, cx);
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_closed(cx)).await
     }
 
     /// Waits for the next value; `None` once the queue is closed and drained.
@@ -367,13 +415,13 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// Frees the queue's storage if it is empty. The writer calls this after a write unless
-    /// the socket is busy, so an idle socket holds no memory while a busy one does not pay an
-    /// allocation per write.
-    pub(crate) fn shrink_if_empty(&mut self) {
+    /// Reduces the queue's storage to `keep` slots if it is empty and holds more. The writer
+    /// calls this after a write unless the socket is busy, so an idle socket holds little
+    /// memory while a busy one does not pay an allocation per write.
+    pub(crate) fn shrink_to(&mut self, keep: usize) {
         let mut state = self.0.lock();
-        if state.items.is_empty() && state.items.capacity() > 0 {
-            state.items = VecDeque::new();
+        if state.items.is_empty() && state.items.capacity() > keep {
+            state.items.shrink_to(keep);
         }
     }
 
@@ -420,7 +468,9 @@ mod tests {
         }
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         assert!(tx.0.lock().items.capacity() >= 500, "kept until asked");
-        rx.shrink_if_empty();
+        rx.shrink_to(2);
+        assert!(tx.0.lock().items.capacity() <= 2);
+        rx.shrink_to(0);
         assert_eq!(tx.0.lock().items.capacity(), 0);
     }
 

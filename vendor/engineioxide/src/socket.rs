@@ -31,7 +31,7 @@
 //!     fn on_connect(self: Arc<Self>, socket: Arc<Socket<SocketState>>) {
 //!         // Get the request made to initialize the connection
 //!         // and check that the authorization header is correct
-//!         let connected = socket.req_parts.headers.get("Authorization")
+//!         let connected = socket.req_parts().headers.get("Authorization")
 //!             .map(|a| a == "mysuperpassword!").unwrap_or_default();
 //!         // Close the socket if the authentication is invalid
 //!         if !connected {
@@ -58,13 +58,13 @@ use std::{
     collections::VecDeque,
     fmt::Debug,
     sync::{
-        Arc,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
     time::Duration,
 };
 
-use crate::{config::EngineIoConfig, errors::Error, queue};
+use crate::{config::EngineIoConfig, errors::Error, queue, transport::ws_frame::MessageFrame};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use http::request::Parts;
@@ -107,21 +107,67 @@ impl From<&Error> for Option<DisconnectReason> {
     }
 }
 
+/// What a socket's queue holds: one entry per emit (live-realtime fork: was a `PacketBuf`,
+/// 168 bytes per slot (this is 48), and every message was framed again by each member's writer).
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A message packet framed once for all the members of a broadcast.
+    Frame(MessageFrame),
+    /// A message packet for this socket alone.
+    Message(Str),
+    /// Any other packet, or packets that go out together (a message and its attachments).
+    /// Boxed: rare, and inline it would quadruple every slot.
+    Packets(Box<PacketBuf>),
+    /// Whole websocket frames, ready to write: what the websocket writer turns the other
+    /// variants into, and its own frames (pings, pongs, the close frame). Never queued.
+    Wire(bytes::Bytes),
+}
+
+impl Outbound {
+    pub(crate) fn packets(packets: PacketBuf) -> Self {
+        Outbound::Packets(Box::new(packets))
+    }
+
+    /// The frames of a [`Outbound::Wire`] entry (the websocket writer frames every entry before
+    /// it writes them).
+    pub(crate) fn wire_mut(&mut self) -> &mut bytes::Bytes {
+        if !matches!(self, Outbound::Wire(_)) {
+            debug_assert!(false, "an entry was written before it was framed");
+            *self = Outbound::Wire(bytes::Bytes::new());
+        }
+        match self {
+            Outbound::Wire(frames) => frames,
+            _ => unreachable!("made a Wire entry above"),
+        }
+    }
+
+    /// The packets, for the polling transport (which encodes them into a payload).
+    pub(crate) fn into_packets(self) -> PacketBuf {
+        match self {
+            Outbound::Frame(frame) => smallvec![Packet::Message(frame.message())],
+            Outbound::Message(msg) => smallvec![Packet::Message(msg)],
+            Outbound::Packets(packets) => *packets,
+            Outbound::Wire(_) => smallvec![],
+        }
+    }
+}
+
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
-    inner: queue::Permit<'a, PacketBuf>,
+    inner: queue::Permit<'a, Outbound>,
 }
 impl Permit<'_> {
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(smallvec![Packet::Message(msg)]);
+        self.inner.send(Outbound::Message(msg));
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(smallvec![Packet::Binary(data)]);
+        self.inner
+            .send(Outbound::packets(smallvec![Packet::Binary(data)]));
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -133,7 +179,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.inner.send(Outbound::packets(packets));
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -145,7 +191,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.inner.send(Outbound::packets(packets));
     }
 }
 
@@ -153,12 +199,12 @@ impl Permit<'_> {
 pub(crate) struct InternalRx {
     /// Queued packets, and the volatile slot (live-realtime fork: was a separate `watch`
     /// channel, ~520 bytes per socket and a second wake-up source for the writer).
-    pub buffered_rx: queue::Receiver<PacketBuf>,
+    pub buffered_rx: queue::Receiver<Outbound>,
     pub peeked_packet: Option<PacketBuf>,
 }
 
 impl InternalRx {
-    fn new(buffered_rx: queue::Receiver<PacketBuf>) -> Self {
+    fn new(buffered_rx: queue::Receiver<Outbound>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
@@ -206,14 +252,18 @@ where
     pub(crate) internal_rx: Mutex<InternalRx>,
 
     /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: queue::Sender<PacketBuf>,
+    pub(crate) internal_tx: queue::Sender<Outbound>,
 
     /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
-    /// which is running in a separate task
-    heartbeat_rx: Mutex<queue::Receiver<()>>,
+    /// which is running in a separate task.
+    ///
+    /// Only a session opened on the polling transport has a heartbeat task, and with it this
+    /// channel; a websocket session's heartbeat runs in its connection task (live-realtime
+    /// fork).
+    pub(crate) heartbeat_rx: Option<Mutex<queue::Receiver<()>>>,
     /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
     /// which is running in a separate task
-    pub(crate) heartbeat_tx: queue::Sender<()>,
+    pub(crate) heartbeat_tx: Option<queue::Sender<()>>,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -223,8 +273,10 @@ where
     /// User data bound to the socket
     pub data: D,
 
-    /// Http Request data used to create a socket
-    pub req_parts: Parts,
+    /// Http Request data used to create a socket, until it is released (live-realtime fork: it
+    /// was a plain field kept for the socket's life, ~1 KB of headers and extensions per
+    /// connection that nothing reads after the handshake).
+    req_parts: RwLock<Arc<Parts>>,
 
     /// If the client supports binary packets (via polling XHR2)
     pub(crate) supports_binary: bool,
@@ -243,7 +295,13 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = queue::channel(1);
+        let (heartbeat_tx, heartbeat_rx) = match transport {
+            TransportType::Polling => {
+                let (tx, rx) = queue::channel(1);
+                (Some(tx), Some(Mutex::new(rx)))
+            }
+            TransportType::Websocket => (None, None),
+        };
 
         Self {
             id: Sid::new(),
@@ -254,14 +312,14 @@ where
             internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
+            heartbeat_rx,
             heartbeat_tx,
             cancellation_token: CancellationToken::new(),
 
             close_fn,
 
             data: D::default(),
-            req_parts,
+            req_parts: RwLock::new(Arc::new(req_parts)),
 
             supports_binary,
         }
@@ -272,13 +330,55 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            .try_send(smallvec![packet])
-            .map_err(|p| match p {
-                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
-                TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
-            })?;
+        let item = match packet {
+            Packet::Message(msg) => Outbound::Message(msg),
+            packet => Outbound::packets(smallvec![packet]),
+        };
+        self.internal_tx.try_send(item).map_err(|e| {
+            let take = |item: Outbound| item.into_packets().pop().unwrap();
+            match e {
+                TrySendError::Full(item) => TrySendError::Full(take(item)),
+                TrySendError::Closed(item) => TrySendError::Closed(take(item)),
+            }
+        })?;
         Ok(())
+    }
+
+    /// Sends a delivery of a broadcast, framed once for every member (live-realtime fork).
+    ///
+    /// ⚠️ If the buffer is full or the socket is disconnected, an error is returned.
+    pub fn emit_frame(&self, frame: &MessageFrame) -> Result<(), TrySendError<()>> {
+        self.internal_tx
+            .try_send(Outbound::Frame(frame.clone()))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => TrySendError::Full(()),
+                TrySendError::Closed(_) => TrySendError::Closed(()),
+            })
+    }
+
+    /// The HTTP request that opened the session (headers, URI, extensions), or an empty one
+    /// once [`Socket::release_req_parts`] has been called.
+    pub fn req_parts(&self) -> Arc<Parts> {
+        self.req_parts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Drops the request that opened the session, once nothing needs its headers any more: from
+    /// then on [`Socket::req_parts`] returns an empty request. socketioxide calls this when a
+    /// namespace connection has been accepted (live-realtime fork: the request was kept for the
+    /// socket's life).
+    pub fn release_req_parts(&self) {
+        let empty = Arc::new(http::Request::<()>::default().into_parts().0);
+        let old = std::mem::replace(
+            &mut *self
+                .req_parts
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            empty,
+        );
+        drop(old);
     }
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
@@ -291,6 +391,10 @@ where
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
+        if self.heartbeat_rx.is_none() {
+            // A websocket session's heartbeat runs in its connection task.
+            return;
+        }
         // A plain `select!` on a borrowed cancellation future rather than
         // `run_until_cancelled_owned`, whose owned wrapper more than tripled this task's
         // future (1,168 bytes instead of ~400, for every connection's life; live-realtime fork).
@@ -339,6 +443,8 @@ where
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
         let mut heartbeat_rx = self
             .heartbeat_rx
+            .as_ref()
+            .ok_or(Error::HeartbeatTimeout)?
             .try_lock()
             .expect("Pong rx should be locked only once");
 
@@ -367,7 +473,7 @@ where
             tracing::trace!(sid = ?self.id, "emitting ping");
 
             self.internal_tx
-                .try_send(smallvec![Packet::Ping])
+                .try_send(Outbound::packets(smallvec![Packet::Ping]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
@@ -393,6 +499,8 @@ where
     async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
         let mut heartbeat_rx = self
             .heartbeat_rx
+            .as_ref()
+            .ok_or(Error::HeartbeatTimeout)?
             .try_lock()
             .expect("Pong rx should be locked only once");
 
@@ -414,7 +522,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
             self.internal_tx
-                .try_send(smallvec![Packet::Pong])
+                .try_send(Outbound::packets(smallvec![Packet::Pong]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
     }
@@ -552,7 +660,7 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.internal_tx.send_volatile(packets)
+        self.internal_tx.send_volatile(Outbound::packets(packets))
     }
 }
 
@@ -567,7 +675,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("heartbeat_rx", &self.heartbeat_rx)
             .field("heartbeat_tx", &self.heartbeat_tx)
             .field("cancellation_token", &self.cancellation_token)
-            .field("req_data", &self.req_parts)
+            .field("req_data", &self.req_parts())
             .finish()
     }
 }
@@ -613,7 +721,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = queue::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = queue::channel(1);
 
         let sock = Self {
             id: sid,
@@ -624,13 +731,13 @@ where
             internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat_rx: None,
+            heartbeat_tx: None,
             cancellation_token: CancellationToken::new(),
             close_fn,
 
             data: D::default(),
-            req_parts: http::Request::<()>::default().into_parts().0,
+            req_parts: RwLock::new(Arc::new(http::Request::<()>::default().into_parts().0)),
 
             supports_binary: true,
         };
@@ -640,8 +747,8 @@ where
         let sock_clone = sock.clone();
         tokio::spawn(async move {
             let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
-            while let Some(packets) = internal_rx.buffered_rx.recv().await {
-                for packet in packets {
+            while let Some(item) = internal_rx.buffered_rx.recv().await {
+                for packet in item.into_packets() {
                     tx.send(packet).await.unwrap();
                 }
             }

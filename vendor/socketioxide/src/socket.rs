@@ -703,8 +703,13 @@ impl<A: Adapter> Socket<A> {
     /// # Get the request info made by the client to connect.
     ///
     /// It might be used to retrieve the [`http::Extensions`]
-    pub fn req_parts(&self) -> &http::request::Parts {
-        &self.esocket.req_parts
+    ///
+    /// Live-realtime fork: the request is released once a namespace connection has been
+    /// accepted, after the connect middlewares and the connect handler's extractors have read
+    /// it; from then on this returns an empty request. It is an `Arc` rather than a reference
+    /// so that it can be released at all (keeping it cost ~1 KB per connection).
+    pub fn req_parts(&self) -> Arc<http::request::Parts> {
+        self.esocket.req_parts()
     }
 
     /// # Get the [`TransportType`](crate::TransportType) used by the client to connect with this [`Socket`].
@@ -914,6 +919,20 @@ impl<A: Adapter> Socket<A> {
         let permit = self.reserve()?;
         permit.send_raw(value);
         Ok(())
+    }
+
+    /// Queues one member's delivery of a broadcast whose packet was framed once for all of
+    /// them (live-realtime fork).
+    pub(crate) fn send_frame(&self, frame: &engineioxide::MessageFrame) -> Result<(), SocketError> {
+        // A socket replaying missed packets holds its broadcasts: the shared frame goes through
+        // the hold like any other broadcast (connection state recovery).
+        if self.recovery.holding.load(Ordering::Acquire) {
+            return self.send_raw(Value::Str(frame.message(), None));
+        }
+        self.esocket.emit_frame(frame).map_err(|e| match e {
+            TrySendError::Full(()) => SocketError::InternalChannelFull,
+            TrySendError::Closed(()) => SocketError::Closed,
+        })
     }
 
     pub(crate) fn send_raw_volatile(&self, value: Value) {

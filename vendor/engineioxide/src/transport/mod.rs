@@ -6,6 +6,10 @@ use crate::config::EngineIoConfig;
 
 pub mod polling;
 pub mod ws;
+mod ws_conn;
+pub(crate) mod ws_frame;
+mod ws_heartbeat;
+mod ws_session;
 
 fn make_open_packet(transport: TransportType, id: Sid, config: &EngineIoConfig) -> OpenPacket {
     let upgrades = if transport == TransportType::Polling {

@@ -192,7 +192,9 @@ where
             }
             Ok(Packet::Pong | Packet::Ping) => {
                 // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                if let Some(tx) = &socket.heartbeat_tx {
+                    tx.try_send(()).ok();
+                }
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {
@@ -225,30 +227,31 @@ mod rx_stream {
         task::{Context, Poll},
     };
 
+    use engineioxide_core::PacketBuf;
     use futures_core::Stream;
 
-    use crate::queue;
+    use crate::{queue, socket::Outbound};
 
     /// Queued packets first, then the volatile slot, as one [`Stream`] over a borrowed
     /// receiver, so it can be used behind the socket's mutex (live-realtime fork: replaces
     /// upstream's pair of mpsc and watch streams).
-    pub struct EncoderStream<'a, T> {
-        rx: &'a mut queue::Receiver<T>,
+    pub struct EncoderStream<'a> {
+        rx: &'a mut queue::Receiver<Outbound>,
     }
 
-    impl<'a, T> EncoderStream<'a, T> {
-        pub fn new(rx: &'a mut queue::Receiver<T>) -> Self {
+    impl<'a> EncoderStream<'a> {
+        pub fn new(rx: &'a mut queue::Receiver<Outbound>) -> Self {
             Self { rx }
         }
     }
 
-    impl<T> Stream for EncoderStream<'_, T> {
-        type Item = T;
+    impl Stream for EncoderStream<'_> {
+        type Item = PacketBuf;
 
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PacketBuf>> {
             self.rx
                 .poll_next_item(cx)
-                .map(|item| item.map(queue::Item::into_inner))
+                .map(|item| item.map(|item| item.into_inner().into_packets()))
         }
     }
 }
