@@ -422,7 +422,7 @@ async function loadConfig() {
       .filter((n, i, all) => all.indexOf(n) === i && n in c.gateway);
     const sections = names.map((name) => [name, c.gateway[name]]).map(([name, values]) => {
       const rows = typeof values === 'object' && values !== null ? Object.entries(values) : [['value', values]];
-      if (name === 'cors') rows.push(['origins in force', c.origins === '*' ? 'any origin (no list configured)' : c.origins]);
+      if (name === 'cors') rows.push(['origins in force', c.origins === '*' ? 'any origin, without credentials' : (Array.isArray(c.origins) && c.origins.length === 0 ? 'none: browsers refused (no list configured)' : c.origins)]);
       return h('section', { className: 'config-section', dataset: { section: name } },
         h('h3', { text: SECTION_TITLES[name] ?? name }), table(rows));
     });
