@@ -275,7 +275,8 @@ function describe(item) {
       if (p.type === 'join' || p.type === 'leave') {
         return ['presence', [person(p.userId, p.username), p.type === 'join' ? ' joined' : ' left', p.role ? ` as ${p.role}` : ''], p.userId];
       }
-      return ['system', [h('strong', { text: p.type ?? 'event' }), ' ', h('code', { text: JSON.stringify(withoutKeys(p, ['type', 'timestamp'])) })], null];
+      // The gateway escapes every string of a backend event; shown as the characters sent.
+      return ['system', [h('strong', { text: decodeEntities(p.type ?? 'event') }), ' ', h('code', { text: JSON.stringify(decodeStrings(withoutKeys(p, ['type', 'timestamp', 'offset', 'epoch']))) })], null];
     case 'moderation': {
       const target = p.targetUserId ? [' ', h('span', { className: 'who-ref', text: p.targetUserId })] : [];
       const verb = { warn: 'warned', mute: 'muted', end: 'ended the stream' }[p.action] ?? p.action;
@@ -295,6 +296,14 @@ function describe(item) {
     default:
       return [item.kind ?? 'event', [h('code', { text: JSON.stringify(p) })], null];
   }
+}
+
+/** `v` with every string in it passed through `decodeEntities`. */
+function decodeStrings(v) {
+  if (typeof v === 'string') return decodeEntities(v);
+  if (Array.isArray(v)) return v.map(decodeStrings);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, decodeStrings(x)]));
+  return v;
 }
 
 function withoutKeys(o, keys) {
@@ -422,7 +431,7 @@ async function loadConfig() {
       .filter((n, i, all) => all.indexOf(n) === i && n in c.gateway);
     const sections = names.map((name) => [name, c.gateway[name]]).map(([name, values]) => {
       const rows = typeof values === 'object' && values !== null ? Object.entries(values) : [['value', values]];
-      if (name === 'cors') rows.push(['origins in force', c.origins === '*' ? 'any origin (no list configured)' : c.origins]);
+      if (name === 'cors') rows.push(['origins in force', c.origins === '*' ? 'any origin, without credentials' : (Array.isArray(c.origins) && c.origins.length === 0 ? 'none: browsers refused (no list configured)' : c.origins)]);
       return h('section', { className: 'config-section', dataset: { section: name } },
         h('h3', { text: SECTION_TITLES[name] ?? name }), table(rows));
     });

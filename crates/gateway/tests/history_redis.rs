@@ -85,9 +85,8 @@ async fn two_replicas_agree_on_offsets_and_a_tail_sees_both_in_order() {
     let Some(redis) = redis() else { return };
     let (a, _pa) = store(&redis.url, "t1").await;
     let (b, _pb) = store(&redis.url, "t1").await;
-    let mut tail = a.tail("ch");
-    // Let the tail task read the head before anything is written.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once `tail` returns, every item recorded after it is seen: no wait before writing.
+    let mut tail = a.tail("ch").await;
     let mut tasks = Vec::new();
     for (i, h) in [a.clone(), b.clone()].into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
@@ -146,8 +145,7 @@ async fn a_flushed_redis_starts_a_new_epoch_and_the_tail_follows_it() {
         .record("ch", "chat:new", "{}", &LIMITS, now())
         .await
         .unwrap();
-    let mut tail = a.tail("ch");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tail = a.tail("ch").await;
     let flush = CustomCommand::new_static("FLUSHALL", ClusterHash::Random, false);
     let _: Value = pool
         .next()

@@ -227,10 +227,24 @@ pub fn backoff(failures: u32) -> Duration {
         .min(MAX)
 }
 
+/// The longest wait before retrying a reconcile whose step met a user-fixable problem (a name
+/// taken by an object the operator does not own, a missing Secret, a rejected child): fixing it
+/// may not touch anything the operator watches (a foreign object carries none of its labels), so
+/// the retry is what notices the fix.
+pub const STEP_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// When to retry after `failures` consecutive errors, the last being `error`. Pure.
+pub fn retry_after(error: &Error, failures: u32) -> Duration {
+    match error {
+        Error::Step { .. } => backoff(failures).min(STEP_RETRY_MAX),
+        _ => backoff(failures),
+    }
+}
+
 /// Logs and counts a failed reconcile, then requeues with backoff.
 pub fn error_policy(obj: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.record_failure(&key(&obj));
-    let delay = backoff(failures);
+    let delay = retry_after(error, failures);
     tracing::warn!(
         object = %key(&obj),
         code = error.code(),

@@ -12,6 +12,7 @@ use super::overview::Scope;
 use super::{Console, MAX_USERS, REFRESH, REVERIFY, json_event, signed_out};
 use crate::auth::Claims;
 use crate::error::{Error, Result};
+use crate::history::TailEvent;
 use crate::protocol;
 use crate::realtime::NAMESPACE;
 use crate::state::unix_millis;
@@ -167,9 +168,48 @@ pub fn presence_events(before: &Presence, after: &Presence, now_ms: u64) -> Vec<
     events
 }
 
+/// A history item as the console shows it: `kind` names the line (`chat`, `gift`, `system`,
+/// `moderation`), `payload` is exactly what the channel's members received.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FeedItem<'a> {
+    kind: &'static str,
+    event: &'a str,
+    at: u64,
+    offset: u64,
+    payload: &'a serde_json::value::RawValue,
+}
+
+/// The console's line kind of a delivered event.
+pub fn kind_of(event: &str) -> &'static str {
+    match event {
+        protocol::outbound::CHAT => "chat",
+        protocol::outbound::GIFT => "gift",
+        protocol::outbound::SYSTEM => "system",
+        protocol::outbound::MODERATION => "moderation",
+        protocol::outbound::METRICS_UPDATE => "metrics",
+        _ => "event",
+    }
+}
+
+fn item_event(item: &crate::history::Item) -> Event {
+    json_event(
+        "item",
+        &FeedItem {
+            kind: kind_of(&item.event),
+            event: &item.event,
+            at: item.time_ms,
+            offset: item.offset,
+            payload: &item.payload,
+        },
+    )
+}
+
 /// Runs one feed stream until the browser goes away or the token stops verifying: a
 /// `presence` event now and every [`REFRESH`] when it changed (with an `item` per user who
-/// joined or left), and an `item` event per item delivered to the channel.
+/// joined or left), and an `item` event per item delivered to the channel from any replica
+/// (the channel's history tail: chat, gifts, moderation and backend events; nothing when
+/// `history.maxItems` is 0), a `skipped` event when the console fell behind.
 pub async fn run<A: Adapter>(
     c: Console<A>,
     op: Operator,
@@ -180,9 +220,26 @@ pub async fn run<A: Adapter>(
     reverify.tick().await;
     let mut refresh = tokio::time::interval(REFRESH);
     let mut last: Option<Presence> = None;
+    let mut tail = Some(c.app().history.tail(&channel).await);
     loop {
         tokio::select! {
             () = tx.closed() => break,
+            next = async { tail.as_mut()?.next().await }, if tail.is_some() => {
+                let event = match next {
+                    Some(TailEvent::Item(item)) => item_event(&item),
+                    Some(TailEvent::Lagged(count)) => {
+                        json_event("skipped", &serde_json::json!({ "count": count }))
+                    }
+                    None => {
+                        // The store stopped (the gateway is shutting down): presence goes on.
+                        tail = None;
+                        continue;
+                    }
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
             _ = refresh.tick() => {
                 let now = unix_millis();
                 match presence(&c, &channel, now).await {
@@ -230,6 +287,15 @@ mod tests {
             users: users(list),
             users_truncated: truncated,
         }
+    }
+
+    #[test]
+    fn each_delivered_event_has_the_line_kind_the_app_draws() {
+        assert_eq!(kind_of(protocol::outbound::CHAT), "chat");
+        assert_eq!(kind_of(protocol::outbound::GIFT), "gift");
+        assert_eq!(kind_of(protocol::outbound::SYSTEM), "system");
+        assert_eq!(kind_of(protocol::outbound::MODERATION), "moderation");
+        assert_eq!(kind_of("something:else"), "event");
     }
 
     #[test]

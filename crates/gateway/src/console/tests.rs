@@ -25,7 +25,15 @@ use crate::ratelimit::Kind;
 
 const SECRET: &str = "console-test-secret-0123456789abcdef";
 
-fn token(claims: Value) -> String {
+/// Signs `claims`, with an `exp` ten minutes away unless they carry one (tokens must).
+fn token(mut claims: Value) -> String {
+    if claims.get("exp").is_none() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        claims["exp"] = json!(now + 600);
+    }
     encode(
         &Header::default(),
         &claims,
@@ -148,7 +156,7 @@ async fn only_admin_and_service_tokens_sign_in() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["userId"], "ops-1");
     assert_eq!(body["pod"], "local");
-    let service = token(json!({"userId": "backend", "role": "service"}));
+    let service = token(json!({"userId": "backend", "role": "service", "aud": "live-bridge"}));
     let (status, _, _) = call(&f.app, "GET", "/console/api/session", Some(&service), None).await;
     assert_eq!(status, StatusCode::OK);
     let failures = f
@@ -166,7 +174,8 @@ async fn the_config_view_shows_the_running_settings_and_no_secret() {
     let (status, _, body) = call(&f.app, "GET", "/console/api/config", Some(&admin()), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["gateway"]["rateLimits"]["messagesPerMinute"], 30);
-    assert_eq!(body["origins"], "*");
+    // CORS fails closed: without a configured list no browser origin is allowed.
+    assert_eq!(body["origins"], json!([]));
     assert_eq!(body["process"]["jwtAlgorithm"], "HS256");
     assert_eq!(
         body["configHash"],

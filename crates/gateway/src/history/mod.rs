@@ -312,11 +312,11 @@ impl History {
     }
 
     /// A live feed of the channel's new items (every replica's, with Redis), for watchers such
-    /// as the admin console. Ends when the store stops.
-    pub fn tail(&self, channel: &str) -> Tail {
+    /// as the admin console: every item recorded after this returns. Ends when the store stops.
+    pub async fn tail(&self, channel: &str) -> Tail {
         let rx = match &self.store {
             Store::Memory(m) => m.tail(channel),
-            Store::Redis(r) => r.tail(channel),
+            Store::Redis(r) => r.tail(channel).await,
         };
         Tail { rx }
     }

@@ -27,7 +27,7 @@ use fred::interfaces::ClientLike;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use serde_json::value::RawValue;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::decide::Window;
 use super::{Item, Limits, Position, Stamped, TAIL_BUFFER, Unavailable, new_epoch, stamp};
@@ -41,6 +41,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 pub const META_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A tail's `XREAD BLOCK`, below the client's command timeout.
 const TAIL_BLOCK_MS: u64 = 400;
+/// How long a new watcher waits for its tail to find the stream's head.
+const TAIL_START_WAIT: Duration = Duration::from_secs(2);
 /// Channels marked as having a recording gap, at most; past it every channel this replica
 /// records into starts a new epoch once (see [`Gaps`]).
 const MAX_GAP_CHANNELS: usize = 100_000;
@@ -97,7 +99,7 @@ return {m[1], m[2], items, m[3] or '0'}
 ";
 
 /// Each watched channel's feed, shared by its local watchers.
-type Tails = Arc<Mutex<HashMap<Box<str>, broadcast::Sender<Arc<Item>>>>>;
+type Tails = Arc<Mutex<HashMap<Box<str>, (broadcast::Sender<Arc<Item>>, watch::Receiver<bool>)>>>;
 
 /// The history store in Redis. Cheap to clone.
 #[derive(Clone)]
@@ -357,21 +359,34 @@ impl RedisStore {
     }
 
     /// One tail task per watched channel, on its own connection (a blocking `XREAD` holds the
-    /// connection it runs on), shared by every local watcher of that channel.
-    pub fn tail(&self, channel: &str) -> broadcast::Receiver<Arc<Item>> {
-        let mut tails = lock(&self.tails);
-        if let Some(tx) = tails.get(channel) {
-            return tx.subscribe();
-        }
-        let (tx, rx) = broadcast::channel(TAIL_BUFFER);
-        tails.insert(channel.into(), tx.clone());
-        let store = self.clone();
-        let channel: Box<str> = channel.into();
-        tokio::spawn(async move { store.run_tail(channel, tx).await });
+    /// connection it runs on), shared by every local watcher of that channel. Returns once the
+    /// task knows where the stream's head was (at most [`TAIL_START_WAIT`]), so every item
+    /// recorded after this returns is seen.
+    pub async fn tail(&self, channel: &str) -> broadcast::Receiver<Arc<Item>> {
+        let (rx, mut started) = {
+            let mut tails = lock(&self.tails);
+            if let Some((tx, started)) = tails.get(channel) {
+                (tx.subscribe(), started.clone())
+            } else {
+                let (tx, rx) = broadcast::channel(TAIL_BUFFER);
+                let (started_tx, started) = watch::channel(false);
+                tails.insert(channel.into(), (tx.clone(), started.clone()));
+                let store = self.clone();
+                let channel: Box<str> = channel.into();
+                tokio::spawn(async move { store.run_tail(channel, tx, started_tx).await });
+                (rx, started)
+            }
+        };
+        let _ = tokio::time::timeout(TAIL_START_WAIT, started.wait_for(|s| *s)).await;
         rx
     }
 
-    async fn run_tail(&self, channel: Box<str>, tx: broadcast::Sender<Arc<Item>>) {
+    async fn run_tail(
+        &self,
+        channel: Box<str>,
+        tx: broadcast::Sender<Arc<Item>>,
+        started_tx: watch::Sender<bool>,
+    ) {
         let client: Client = self.pool.next().clone_new();
         let _connection = client.init().await;
         let keys = self.keys(&channel);
@@ -396,6 +411,7 @@ impl RedisStore {
                         if !started {
                             last = head.as_ref().map_or(0, |h| h.offset);
                             started = true;
+                            let _ = started_tx.send(true);
                         } else if head_epoch != epoch {
                             last = 0;
                         }

@@ -882,3 +882,16 @@ fn backoff_doubles_from_five_seconds_and_caps_at_five_minutes() {
     assert_eq!(backoff(10), Duration::from_secs(300));
     assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
 }
+
+#[test]
+fn a_problem_the_user_fixes_elsewhere_is_retried_at_least_every_thirty_seconds() {
+    let conflict = Error::Step {
+        reason: reasons::NAME_CONFLICT,
+        message: "Service chat is not controlled by this LiveRealtime".into(),
+    };
+    assert_eq!(retry_after(&conflict, 1), Duration::from_secs(5));
+    assert_eq!(retry_after(&conflict, 4), Duration::from_secs(30));
+    assert_eq!(retry_after(&conflict, 10), Duration::from_secs(30));
+    let other = Error::MissingObjectKey("namespace");
+    assert_eq!(retry_after(&other, 10), Duration::from_secs(300));
+}
