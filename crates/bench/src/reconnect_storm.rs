@@ -238,7 +238,7 @@ pub async fn run(common: &Common, a: &ReconnectStorm) -> anyhow::Result<Report> 
         anyhow::bail!("--cut drain needs --drain-pid");
     }
     let storm_plan = plan::Plan::new(a.connections, a.channels, 0)?;
-    let reconnect_server = a.reconnect_server.unwrap_or(common.server);
+    let reconnect_server = a.reconnect_server.unwrap_or(common.server());
     let target = |server: SocketAddr| {
         Arc::new(Target {
             server,
@@ -250,7 +250,7 @@ pub async fn run(common: &Common, a: &ReconnectStorm) -> anyhow::Result<Report> 
             connect_timeout: Duration::from_secs(common.connect_timeout_secs),
         })
     };
-    let first = target(common.server);
+    let first = target(common.server());
     let second = target(reconnect_server);
     let tokens = Tokens::new(secret);
     let phase_timeout = Duration::from_secs(common.phase_timeout_secs);
@@ -363,7 +363,7 @@ pub async fn run(common: &Common, a: &ReconnectStorm) -> anyhow::Result<Report> 
     let unaffected_presence_before = unaffected.counters.presence_events.load(Ordering::Relaxed);
     let storm_start = Snapshot::take(&unaffected);
     let cpu_before = common
-        .server_pid
+        .server_pid()
         .and_then(|pid| procfs::read_cpu_ticks(Some(pid)).ok());
     let cut_micros = shared.micros_now();
     shared.cut_started.store(true, Ordering::SeqCst);
@@ -406,7 +406,7 @@ pub async fn run(common: &Common, a: &ReconnectStorm) -> anyhow::Result<Report> 
         .await;
     let storm_end = Snapshot::take(&unaffected);
     let server_cpu_seconds = cpu_before.and_then(|before| {
-        let after = procfs::read_cpu_ticks(common.server_pid).ok()?;
+        let after = procfs::read_cpu_ticks(common.server_pid()).ok()?;
         Some(procfs::ticks_to_secs(after.saturating_sub(before)))
     });
     let since_cut = |micros: u64| {
@@ -492,6 +492,9 @@ pub async fn run(common: &Common, a: &ReconnectStorm) -> anyhow::Result<Report> 
         rounds: Vec::new(),
         saturation: None,
         join_storm: None,
+        abuse: None,
+        replicas: common.servers.len(),
+        placement: common.placement,
         reconnect_storm: Some(summary),
         bench_cpu_seconds: 0.0,
         bench_rss_kb,
