@@ -19,21 +19,24 @@ BENCH=${BENCH:-target/release/live-bench}
 OUT=${OUT:-bench-out}
 GATEWAY_CPUS=${GATEWAY_CPUS:-0}
 BENCH_CPUS=${BENCH_CPUS:-1}
-PORT=${PORT:-23000}
+PORT=${PORT:-11000}
 export JWT_SECRET=${JWT_SECRET:-bench-secret-0123456789abcdef012345}
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout hot storm-abort storm-drain)
 
 mkdir -p "$OUT"
 cfg="$OUT/gateway.yaml"
-printf 'rateLimits: {messagesPerMinute: 100000, giftsPerMinute: 100000, eventsPerSecond: 10000, eventBurst: 10000}\n' >"$cfg"
 lift=()
 if "$GATEWAY" --help 2>/dev/null | grep -q -- --max-connections-per-ip; then
   lift=(--max-connections-per-ip 0 --max-packets-per-second 0)
+  printf 'rateLimits: {messagesPerMinute: 100000, giftsPerMinute: 100000, eventsPerSecond: 10000, eventBurst: 10000}\n' >"$cfg"
+else
+  # A build before issue 11 has no per-connection bounds to lift (and refuses their keys).
+  printf 'rateLimits: {messagesPerMinute: 100000, giftsPerMinute: 100000}\n' >"$cfg"
 fi
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 # start_gateway PORT ADMIN_PORT [extra flags]: prints the pid once /readyz answers.
@@ -56,10 +59,21 @@ start_gateway() {
 
 bench() { taskset -c "$BENCH_CPUS" "$BENCH" "$@"; }
 
+# stop PID: SIGTERM, then wait for the process to be gone (it is not this shell's child).
+stop() {
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 100); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "$1" 2>/dev/null || true
+}
+
 for s in "${scenarios[@]}"; do
   echo "== $s ($GATEWAY)" >&2
-  extra=()
-  # Drained at once: the worst case of a pod drain (the default spreads closes over a window).
+  # Stopped quickly after each scenario; the drained gateway of storm-drain closes every
+  # connection at once, the worst case of a pod drain (the default spreads closes over a window).
+  extra=(--drain-seconds 1)
   [ "$s" = storm-drain ] && extra=(--drain-seconds 0)
   gw=$(start_gateway "$PORT" $((PORT + 1)) "${extra[@]}")
   pids+=("$gw")
@@ -75,11 +89,10 @@ for s in "${scenarios[@]}"; do
       pids+=("$gw2")
       bench reconnect-storm --server "127.0.0.1:$PORT" --server-pid "$gw2" --cut drain \
         --drain-pid "$gw" --reconnect-server "127.0.0.1:$((PORT + 2))" --json-out "$OUT/storm-drain.json"
-      kill "$gw2" 2>/dev/null || true
+      stop "$gw2"
       ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
   esac
-  kill "$gw" 2>/dev/null || true
-  wait "$gw" 2>/dev/null || true
+  stop "$gw"
   sleep 1
 done
