@@ -44,7 +44,7 @@ describe('history (default bounds)', () => {
   let gw;
   let cfg;
   before(async () => {
-    cfg = writeConfig('rateLimits: {messagesPerMinute: 1000, giftsPerMinute: 1000}\n');
+    cfg = writeConfig('rateLimits: {messagesPerMinute: 1000, giftsPerMinute: 1000, eventsPerSecond: 1000, eventBurst: 1000}\n');
     gw = await startGateway({ config: cfg.file });
   });
   after(async () => {

@@ -69,7 +69,14 @@ where
         frames: &mut VecDeque<F>,
         bytes: impl Fn(&mut F) -> &mut Bytes,
     ) -> Poll<io::Result<()>> {
-        while !frames.is_empty() {
+        while let Some(front) = frames.front_mut() {
+            // An empty frame (a packet with nothing to send on a websocket, such as the Noop that
+            // ends a polling request at an upgrade) is written already: handing it to the socket
+            // would return 0, which reads as a closed pipe (live-realtime fork).
+            if bytes(front).is_empty() {
+                frames.pop_front();
+                continue;
+            }
             let written = if frames.len() == 1 {
                 // One frame (the usual case): a plain write, cheaper than a vectored one.
                 let front = bytes(&mut frames[0]);
@@ -252,6 +259,33 @@ mod tests {
             .map(|t| Message::text(format!("4{t}")))
             .collect();
         assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn an_empty_frame_is_skipped_not_written_alone_or_among_others() {
+        let (mut server, mut client) = pair(64 * 1024).await;
+        // Alone: nothing to write, and no error.
+        let mut frames: VecDeque<Bytes> = [Bytes::new()].into_iter().collect();
+        std::future::poll_fn(|cx| server.poll_write(cx, &mut frames, |b| b))
+            .await
+            .expect("an empty frame is not a write error");
+        assert!(frames.is_empty());
+        // First, between and last in a batch: the others arrive.
+        let mut frames: VecDeque<Bytes> = [
+            Bytes::new(),
+            text_frame(b"4", b"a"),
+            Bytes::new(),
+            text_frame(b"4", b"b"),
+            Bytes::new(),
+        ]
+        .into_iter()
+        .collect();
+        std::future::poll_fn(|cx| server.poll_write(cx, &mut frames, |b| b))
+            .await
+            .unwrap();
+        assert!(frames.is_empty());
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::text("4a"));
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::text("4b"));
     }
 
     #[tokio::test]

@@ -240,6 +240,7 @@ where
             heartbeat,
             coalescer,
             pending: first.into_iter().map(Outbound::Wire).collect(),
+            backlog: false,
             batch: 0,
             hold: None,
             released: false,
@@ -269,6 +270,8 @@ struct Driver<'a, H: EngineIoHandler, S> {
     /// What goes out next, in order: values taken from the queue (framed in place just before
     /// they are written) and the session's own frames. The front one may be partly written.
     pending: VecDeque<Outbound>,
+    /// The queue was left to fill while a batch was being written (back-pressure).
+    backlog: bool,
     /// Frames handed to the socket since the last completed write.
     batch: usize,
     /// Coalescing holds what is pending until then.
@@ -300,6 +303,8 @@ where
         loop {
             let mut again = false;
             let mut clock = Clock::default();
+            // Set when the queue was left alone because a batch was still being written.
+            let mut deferred_take = false;
 
             if self.reading && self.signal.readable.swap(false, Ordering::Acquire) {
                 again |= self.poll_read();
@@ -342,8 +347,24 @@ where
                     self.hold = None;
                     self.released = true;
                 }
-                if self.hold.is_none() {
-                    let idle = self.pending.is_empty();
+                if self.hold.is_none() && !self.pending.is_empty() {
+                    deferred_take = true;
+                    self.backlog = true;
+                    // Back-pressure (live-realtime fork): while a batch is still being written,
+                    // what comes next waits in the bounded queue, so a peer that stops reading
+                    // fills the queue and further emits to it are refused, instead of `pending`
+                    // growing without bound. Only the end of the session is watched meanwhile;
+                    // then what the (bounded) queue holds is taken once, to go out before the
+                    // close frame.
+                    if rx.poll_closed(cx).is_ready() {
+                        let _ = rx.poll_take_all(cx, &mut self.pending);
+                        self.ending = Some(clock.now() + CLOSING_GRACE);
+                        self.reading = false;
+                    }
+                } else if self.hold.is_none() {
+                    // Values that waited behind a batch are a busy socket's, not a quiet one's:
+                    // they go out now, not after a coalescing hold.
+                    let idle = self.pending.is_empty() && !std::mem::take(&mut self.backlog);
                     match rx.poll_take_all(cx, &mut self.pending) {
                         Take::Ended | Take::Values { last: true } => {
                             // What was queued before the end still goes out, then the close.
@@ -386,6 +407,11 @@ where
             }
             if self.ending.is_some() && self.close_sent && self.pending.is_empty() {
                 return Poll::Ready(());
+            }
+            // The batch went out: take what waited in the queue (the wait cleared the queue's
+            // waker, so nothing else would).
+            if deferred_take && self.pending.is_empty() {
+                again = true;
             }
 
             // Arm the timer for the earliest deadline, registering only when it changes.
@@ -890,6 +916,42 @@ mod tests {
             socket.emit("x".repeat(100)).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+        socket.close(DisconnectReason::ClosingServer);
+        tokio::time::timeout(CLOSING_GRACE * 2, task)
+            .await
+            .expect("the session should give up after the closing grace")
+            .unwrap();
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_fills_the_bounded_queue_and_nothing_more_is_buffered() {
+        let engine = engine(Duration::ZERO);
+        let (server, client) = tokio::io::duplex(256);
+        let session = ws::start_session(
+            engine.clone(),
+            server,
+            ProtocolVersion::V4,
+            None,
+            Request::<()>::default().into_parts().0,
+        )
+        .await
+        .unwrap();
+        let socket = session.socket.clone();
+        let task = tokio::spawn(session.run());
+        // The pipe holds 256 bytes and is never read: after the first batch, every emit waits
+        // in the queue, and once the queue is full emits are refused.
+        let mut refused = 0;
+        for _ in 0..(engine.config.max_buffer_size * 4) {
+            if socket.emit("x".repeat(100)).is_err() {
+                refused += 1;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            refused >= engine.config.max_buffer_size * 2,
+            "only {refused} emits refused: the session kept taking from the queue"
+        );
         socket.close(DisconnectReason::ClosingServer);
         tokio::time::timeout(CLOSING_GRACE * 2, task)
             .await
