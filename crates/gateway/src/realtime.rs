@@ -215,12 +215,15 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
             };
             st.metrics.disconnects.with_label_values(&[label]).inc();
             crate::lifecycle::on_disconnect(s.id, &st, &c.claims());
-            // Rooms are still readable here; socketioxide removes them after this handler.
-            history::socket::disconnected(&s, &st, reason).await;
-            for room in s.rooms() {
-                if let Some(channel) = protocol::channel_of(&room) {
-                    announce_leave(&s, &st, &c, channel).await;
-                }
+            // The session's own channel list, not the socket's rooms: when a namespace
+            // DISCONNECT and the transport's close arrive together, socketioxide may have
+            // emptied the rooms before this (spawned) handler runs, and the leaves would go
+            // unannounced.
+            let channels = c.channels();
+            let channels: Vec<&str> = channels.iter().map(|ch| &**ch).collect();
+            history::socket::disconnected(&s, &st, reason, &channels).await;
+            for channel in channels {
+                announce_leave(&s, &st, &c, channel).await;
             }
         },
     );

@@ -231,10 +231,14 @@ pub async fn left<A: Adapter>(s: &SocketRef<A>, st: &AppState, channel: &str) {
     }
 }
 
-/// Call from the disconnect handler, while the socket's rooms are still readable: keeps the
-/// session for the recovery window when the client may come back, forgets it when it left on
-/// purpose.
-pub async fn disconnected<A: Adapter>(s: &SocketRef<A>, st: &AppState, reason: DisconnectReason) {
+/// Call from the disconnect handler with the channels the socket was in: keeps the session for
+/// the recovery window when the client may come back, forgets it when it left on purpose.
+pub async fn disconnected<A: Adapter>(
+    s: &SocketRef<A>,
+    st: &AppState,
+    reason: DisconnectReason,
+    still_in: &[&str],
+) {
     let Some(sess) = session(s) else {
         return;
     };
@@ -258,12 +262,7 @@ pub async fn disconnected<A: Adapter>(s: &SocketRef<A>, st: &AppState, reason: D
         sessions.end(&sess, &owner).await;
         return;
     }
-    let rooms = s.rooms();
-    let still_in: Vec<&str> = rooms
-        .iter()
-        .filter_map(|r| crate::protocol::channel_of(r))
-        .collect();
-    let record = sess.at_disconnect(&still_in);
+    let record = sess.at_disconnect(still_in);
     let window = Duration::from_secs(st.config().gateway.history.max_disconnection_seconds);
     sessions.release(&sess, &owner, &record, window, now).await;
 }
