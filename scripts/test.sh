@@ -125,6 +125,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace
 
+step "the transport fork's unit tests (vendor/engineioxide is a patched dependency, not a member)"
+cargo test -p engineioxide --lib
+
 step "cargo build --workspace --bins --tests (debug binaries for the end-to-end suites)"
 # `--tests` keeps the dev-dependencies' features (tokio's test-util, pulled in by tower-test's
 # tokio-test) that `cargo test` just built with; without it cargo resolves the features again
