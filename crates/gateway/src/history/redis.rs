@@ -182,10 +182,6 @@ impl RedisStore {
         ]
     }
 
-    fn is_connected(&self) -> bool {
-        self.pool.clients().iter().any(|c| c.is_connected())
-    }
-
     async fn call(
         &self,
         op: &'static str,
@@ -193,29 +189,7 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, Unavailable> {
-        if !self.is_connected() {
-            self.metrics.redis_error(op);
-            return Err(Unavailable);
-        }
-        let client = self.pool.next_connected();
-        match tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            script.evalsha_with_reload::<Value, _, _>(client, keys, args),
-        )
-        .await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.metrics.redis_error(op);
-                tracing::debug!(op, error = %e, "history call failed");
-                Err(Unavailable)
-            }
-            Err(_) => {
-                self.metrics.redis_error(op);
-                tracing::debug!(op, "history call timed out");
-                Err(Unavailable)
-            }
-        }
+        eval(&self.pool, &self.metrics, op, script, keys, args).await
     }
 
     pub async fn record(
@@ -466,6 +440,42 @@ impl RedisStore {
             }
         }
         let _ = client.quit().await;
+    }
+}
+
+/// Runs `script` on a connected client of `pool` within [`COMMAND_TIMEOUT`]; a pool with no
+/// connected client, an error or a timeout is counted under `op` and answered `Unavailable`, so
+/// callers fall back at once. Shared by the history streams and the recovery sessions.
+pub(super) async fn eval(
+    pool: &Pool,
+    metrics: &Metrics,
+    op: &'static str,
+    script: &Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<Value, Unavailable> {
+    if !pool.clients().iter().any(|c| c.is_connected()) {
+        metrics.redis_error(op);
+        return Err(Unavailable);
+    }
+    let client = pool.next_connected();
+    match tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        script.evalsha_with_reload::<Value, _, _>(client, keys, args),
+    )
+    .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            metrics.redis_error(op);
+            tracing::debug!(op, error = %e, "history call failed");
+            Err(Unavailable)
+        }
+        Err(_) => {
+            metrics.redis_error(op);
+            tracing::debug!(op, "history call timed out");
+            Err(Unavailable)
+        }
     }
 }
 

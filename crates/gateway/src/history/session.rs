@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use fred::clients::Pool;
-use fred::interfaces::ClientLike;
 use fred::types::Value;
 use fred::types::scripts::Script;
 use serde::{Deserialize, Serialize};
@@ -33,8 +32,6 @@ use crate::state::lock;
 pub const CONNECTED_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Sessions one gateway keeps without Redis; past it new sessions are not recoverable.
 pub const MAX_MEMORY_SESSIONS: usize = 200_000;
-/// A history call's time budget (as in `history::redis`).
-const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One channel of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,28 +417,9 @@ impl RedisSessions {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Option<Value> {
-        if !self.pool.clients().iter().any(|c| c.is_connected()) {
-            self.metrics.redis_error(op);
-            return None;
-        }
-        let client = self.pool.next_connected();
-        match tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            script.evalsha_with_reload::<Value, _, _>(client, keys, args),
-        )
-        .await
-        {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.metrics.redis_error(op);
-                tracing::debug!(op, error = %e, "session call failed");
-                None
-            }
-            Err(_) => {
-                self.metrics.redis_error(op);
-                None
-            }
-        }
+        super::redis::eval(&self.pool, &self.metrics, op, script, keys, args)
+            .await
+            .ok()
     }
 }
 
