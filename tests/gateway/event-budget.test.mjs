@@ -1,7 +1,7 @@
 // Per-connection bounds (issue 11, point 2): at most limits.maxChannelsPerSocket channels (32),
-// and a budget for every inbound event whatever its name (rateLimits.eventsPerSecond 20,
-// rateLimits.eventBurst 100): over it an event is refused with too_many_events, and a socket
-// that keeps sending a whole burst over it is disconnected.
+// and a budget for every inbound event whatever its name, auth:refresh and unknown events too
+// (rateLimits.eventsPerSecond 20, rateLimits.eventBurst 100): over it an event is refused with
+// too_many_events, and a socket that keeps sending a whole burst over it is disconnected.
 
 import { describe, test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
@@ -47,6 +47,9 @@ describe('per-connection bounds', () => {
     assert.ok(handled <= allowedWithin(Date.now() - started), `${handled} of 130 heartbeats handled`);
     assert.ok(refused.length >= 1 && refused.length <= 30, `${refused.length} of 130 heartbeats refused`);
     assert.deepEqual(refused[0], TOO_MANY_EVENTS);
+    // The budget is spent in the order the events were sent: the first burst is all handled.
+    const firstRefused = acks.findIndex((a) => !a.ok);
+    assert.ok(firstRefused === -1 || firstRefused >= BURST, `event ${firstRefused} of the first burst was refused`);
     assert.equal(s.connected, true, 'refusals interleaved with allowed events do not disconnect');
     await new Promise((r) => { setTimeout(r, 600); });
     assert.deepEqual(await emitAck(s, 'heartbeat', {}), OK, 'tokens come back at 20 per second');
@@ -64,6 +67,19 @@ describe('per-connection bounds', () => {
     const hits = metricValue(await metricsText(gw), 'ws_rate_limit_hits_total', { kind: 'events' }) - before;
     assert.ok(hits >= 151 - allowedWithin(elapsed), `${hits} events refused in ${elapsed} ms`);
     if (elapsed < 1000) assert.deepEqual(ack, TOO_MANY_EVENTS);
+  });
+
+  test('auth:refresh spends the same budget: a flood of refreshes is refused without verifying them', async () => {
+    const s = await connect(gw, user().token);
+    const before = metricValue(await metricsText(gw), 'ws_rate_limit_hits_total', { kind: 'events' });
+    const started = Date.now();
+    const acks = await Promise.all(Array.from({ length: 130 }, () => emitAck(s, 'auth:refresh', { token: 'x' }, 10_000)));
+    const elapsed = Date.now() - started;
+    const refused = acks.filter((a) => a.error?.code === 'too_many_events').length;
+    assert.ok(refused >= 130 - allowedWithin(elapsed), `${refused} of 130 refreshes refused in ${elapsed} ms`);
+    const hits = metricValue(await metricsText(gw), 'ws_rate_limit_hits_total', { kind: 'events' }) - before;
+    assert.equal(hits, refused);
+    assert.equal(s.connected, true);
   });
 
   test('a socket that keeps sending a whole burst over its budget is disconnected, and others are not', async () => {

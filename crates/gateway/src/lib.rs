@@ -16,6 +16,7 @@
 //! configuration and its hot reload are in
 //! [`config`]; every metric is defined in [`metrics`]; every error in [`error`].
 
+pub mod admit;
 pub mod args;
 pub mod auth;
 pub mod bridge;
@@ -35,6 +36,7 @@ pub mod listener;
 pub mod logsample;
 pub mod metrics;
 pub mod moderation;
+pub mod order;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;

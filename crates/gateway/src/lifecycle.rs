@@ -25,11 +25,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::socket::Sid;
 use tokio_util::sync::CancellationToken;
 
+use crate::admit::Admitted;
 use crate::auth::{Claims, KeySet, LEEWAY_SECONDS, Purpose};
+use crate::budget::Verdict;
 use crate::error::{Error, Result};
 use crate::realtime::NAMESPACE;
 use crate::state::{AppState, lock, unix_millis, unix_seconds};
@@ -227,14 +229,18 @@ pub fn on_authenticated<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims)
     s.on(
         REFRESH,
         async |s: SocketRef<A>,
-               TryData(data): TryData<Value>,
+               mut a: Admitted,
                ack: AckSender<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Claims>>| {
-            let started = std::time::Instant::now();
-            let result = match data {
-                Ok(v) => refresh(&s, &st, &c, &v).await,
-                Err(_) => Err(Error::InvalidPayload),
+               TryData(data): TryData<Value>| {
+            // A refresh verifies a token (and may fetch keys): it spends the event budget and
+            // takes its turn like any event.
+            let _turn = a.begin().await;
+            let (st, started) = (&a.state, a.at);
+            let c = a.session.claims();
+            let result = match (a.verdict, data) {
+                (Verdict::Allowed, Ok(v)) => refresh(&s, st, &c, &v).await,
+                (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
+                (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
             };
             st.metrics
                 .messages
@@ -248,7 +254,7 @@ pub fn on_authenticated<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims)
                 Err(e) => {
                     st.metrics.token_event("refresh_refused");
                     st.metrics.error(e.code());
-                    emit(&s, &st, crate::protocol::outbound::ERROR, "error", &e.to_client());
+                    emit(&s, st, crate::protocol::outbound::ERROR, "error", &e.to_client());
                     json!({ "ok": false, "error": e.to_client() })
                 }
             };
@@ -257,6 +263,9 @@ pub fn on_authenticated<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims)
                 .message_duration
                 .with_label_values(&["auth_refresh"])
                 .observe(started.elapsed().as_secs_f64());
+            if a.verdict == Verdict::Disconnect {
+                crate::session::disconnect_over_budget(s, st);
+            }
         },
     );
 }

@@ -16,6 +16,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
+use crate::admit::Admitted;
 use crate::auth::Claims;
 use crate::budget::Verdict;
 use crate::churn::Decision;
@@ -118,28 +119,26 @@ pub async fn on_connect<A: Adapter>(s: SocketRef<A>, State(st): State<AppState>)
 }
 
 /// Registers `$handler`, an `async fn(&SocketRef<A>, &AppState, &Session, &Value) -> Result<()>`,
-/// for `$event`: the event is counted against the connection's budget and data that is not JSON
-/// is refused before it, and every outcome goes through [`finish`] under the metric label
-/// `$kind`.
+/// for `$event`: the event is counted against the connection's budget in arrival order (see
+/// [`Admitted`]) and data that is not JSON is refused after it, and every outcome goes through
+/// [`finish`] under the metric label `$kind`.
 macro_rules! on_event {
     ($s:expr, $A:ty, $event:expr, $kind:literal, $handler:ident) => {
         $s.on(
             $event,
             async |s: SocketRef<$A>,
-                   TryData(d): TryData<Value>,
+                   mut a: Admitted,
                    ack: AckSender<$A>,
-                   State(st): State<AppState>,
-                   Extension(c): Extension<Arc<Session>>| {
-                let t = Instant::now();
-                let verdict = session::take_event(&st, &c, t);
-                let r = match (verdict, d) {
-                    (Verdict::Allowed, Ok(v)) => $handler(&s, &st, &c, &v).await,
+                   TryData(d): TryData<Value>| {
+                let _turn = a.begin().await;
+                let r = match (a.verdict, d) {
+                    (Verdict::Allowed, Ok(v)) => $handler(&s, &a.state, &a.session, &v).await,
                     (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
                     (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
                 };
-                finish(&s, ack, &st, $kind, r, t);
-                if verdict == Verdict::Disconnect {
-                    session::disconnect_over_budget(s, &st);
+                finish(&s, ack, &a.state, $kind, r, a.at);
+                if a.verdict == Verdict::Disconnect {
+                    session::disconnect_over_budget(s, &a.state);
                 }
             },
         )
@@ -154,30 +153,26 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
     // `join` answers with a history reply when asked for one, so it is registered by hand.
     s.on(
         inbound::JOIN,
-        async |s: SocketRef<A>,
-               TryData(d): TryData<Value>,
-               ack: AckSender<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Session>>| {
-            let t = Instant::now();
-            let verdict = session::take_event(&st, &c, t);
+        async |s: SocketRef<A>, mut a: Admitted, ack: AckSender<A>, TryData(d): TryData<Value>| {
+            let _turn = a.begin().await;
+            let (verdict, t, st, c) = (a.verdict, a.at, &a.state, &a.session);
             let r = match (verdict, d) {
-                (Verdict::Allowed, Ok(v)) => join(&s, &st, &c, &v).await,
+                (Verdict::Allowed, Ok(v)) => join(&s, st, c, &v).await,
                 (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
                 (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
             };
             match r {
                 Ok(reply) => {
-                    finish_replying(&s, ack, &st, "join", Ok(()), reply.as_ref(), t);
+                    finish_replying(&s, ack, st, "join", Ok(()), reply.as_ref(), t);
                     // Live items held during the join follow its acknowledgement.
                     if let Some(reply) = reply {
                         reply.release(&s);
                     }
                 }
-                Err(e) => finish(&s, ack, &st, "join", Err(e), t),
+                Err(e) => finish(&s, ack, st, "join", Err(e), t),
             }
             if verdict == Verdict::Disconnect {
-                session::disconnect_over_budget(s, &st);
+                session::disconnect_over_budget(s, st);
             }
         },
     );
@@ -188,20 +183,18 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
     on_event!(s, A, inbound::HEARTBEAT, "heartbeat", heartbeat);
     // Unknown events are counted and otherwise ignored, as socket.io does; they still spend
     // the connection's budget.
-    s.on_fallback(
-        async |s: SocketRef<A>,
-               State(st): State<AppState>,
-               Extension(c): Extension<Arc<Session>>| {
-            st.metrics
-                .messages
-                .with_label_values(&["unknown", "in"])
-                .inc();
-            st.metrics.error("unknown_event");
-            if session::take_event(&st, &c, Instant::now()) == Verdict::Disconnect {
-                session::disconnect_over_budget(s, &st);
-            }
-        },
-    );
+    s.on_fallback(async |s: SocketRef<A>, mut a: Admitted| {
+        let _turn = a.begin().await;
+        a.state
+            .metrics
+            .messages
+            .with_label_values(&["unknown", "in"])
+            .inc();
+        a.state.metrics.error("unknown_event");
+        if a.verdict == Verdict::Disconnect {
+            session::disconnect_over_budget(s, &a.state);
+        }
+    });
     s.on_disconnect(
         async |s: SocketRef<A>,
                reason: DisconnectReason,
@@ -214,6 +207,9 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
                 crate::lifecycle::end_reason(&s).unwrap_or_else(|| disconnect_label(reason))
             };
             st.metrics.disconnects.with_label_values(&[label]).inc();
+            // After the socket's events already admitted: a join still running is announced
+            // before its leave, not after it.
+            let _turn = c.turns.take().begin().await;
             crate::lifecycle::on_disconnect(s.id, &st, &c.claims());
             // The session's own channel list, not the socket's rooms: when a namespace
             // DISCONNECT and the transport's close arrive together, socketioxide may have

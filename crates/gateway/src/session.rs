@@ -23,6 +23,7 @@ use socketioxide::extract::SocketRef;
 use crate::auth::Claims;
 use crate::budget::{EventBudget, Verdict};
 use crate::churn;
+use crate::order::Turns;
 use crate::protocol::{self, Role};
 use crate::sanitize;
 use crate::state::{AppState, lock};
@@ -44,6 +45,8 @@ pub struct Session {
     /// Set when the gateway disconnects the socket for its budget, so the disconnect is counted
     /// under its own reason.
     over_budget: std::sync::atomic::AtomicBool,
+    /// The order its events are handled in (see [`crate::order`]).
+    pub turns: Turns,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,7 @@ impl Session {
             }),
             budget: Mutex::new(EventBudget::new(now, burst)),
             over_budget: Default::default(),
+            turns: Turns::default(),
         }
     }
 
