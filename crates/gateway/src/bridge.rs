@@ -407,9 +407,7 @@ async fn user<A: Adapter>(
         // Live on this replica first (a join is seen as soon as it is acknowledged), then the
         // other replicas' snapshots.
         let here = room_ops(&s.io, channel)?.sockets().iter().any(|sock| {
-            sock.extensions
-                .get::<std::sync::Arc<Claims>>()
-                .is_some_and(|c| c.user_id == user_id)
+            crate::session::claims_of(&sock.extensions).is_some_and(|c| c.user_id == user_id)
         });
         let present = here
             || match &s.app.shared {

@@ -293,15 +293,11 @@ async fn refresh<A: Adapter>(
     if fresh.user_id != c.user_id {
         return Err(Error::UserMismatch);
     }
-    let current = s.extensions.get::<Arc<Claims>>();
     let exp = fresh.exp;
-    let fresh_arc = Arc::new(fresh.clone());
+    st.sessions.replace(s.id, c, &fresh);
     if let Some(session) = s.extensions.get::<Arc<crate::session::Session>>() {
-        session.set_claims(Arc::clone(&fresh_arc));
+        session.set_claims(Arc::new(fresh));
     }
-    s.extensions.insert(fresh_arc);
-    st.sessions
-        .replace(s.id, current.as_deref().unwrap_or(c), &fresh);
     Ok(exp)
 }
 
@@ -424,7 +420,7 @@ fn retire<A: Adapter>(io: &SocketIo<A>, st: &AppState, set: &KeySet, now: u64) {
     let until = now + lead(st);
     let mut retired = 0u64;
     for s in ns.sockets() {
-        let Some(c) = s.extensions.get::<Arc<Claims>>() else {
+        let Some(c) = crate::session::claims_of(&s.extensions) else {
             continue;
         };
         if set.contains(c.key) {
@@ -459,7 +455,7 @@ fn socket<A: Adapter>(
     sid: Sid,
 ) -> Option<(SocketRef<A>, Arc<Claims>)> {
     let s = ns.get_socket(sid)?;
-    let c = s.extensions.get::<Arc<Claims>>()?;
+    let c = crate::session::claims_of(&s.extensions)?;
     Some((s, c))
 }
 

@@ -79,7 +79,6 @@ pub async fn authenticate<A: Adapter>(
                 Instant::now(),
                 config.gateway.rate_limits.event_burst,
             );
-            s.extensions.insert(session.claims());
             let session = Arc::new(session);
             s.extensions.insert(Arc::clone(&session));
             state
@@ -704,7 +703,7 @@ fn for_each_local_member<A: Adapter>(io: &SocketIo<A>, mut f: impl FnMut(&str, O
         return;
     };
     for s in ns.sockets() {
-        let user = s.extensions.get::<Arc<Claims>>();
+        let user = session::claims_of(&s.extensions);
         for room in s.rooms() {
             if let Some(channel) = protocol::channel_of(&room) {
                 f(channel, user.as_deref());

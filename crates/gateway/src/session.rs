@@ -216,6 +216,12 @@ pub fn take_event(st: &AppState, session: &Session, now: Instant) -> Verdict {
     verdict
 }
 
+/// The claims in force on a socket (its [`Session`]'s): the one place they are kept, so a refresh
+/// changes what every reader sees. `None` for a socket this gateway did not authenticate.
+pub fn claims_of(extensions: &socketioxide::extensions::Extensions) -> Option<Arc<Claims>> {
+    extensions.get::<Arc<Session>>().map(|s| s.claims())
+}
+
 /// Disconnects a socket that kept sending a whole burst of events over its budget.
 pub fn disconnect_over_budget<A: Adapter>(s: SocketRef<A>, st: &AppState) {
     if let Some(suppressed) = st.logs.admit("event_budget_disconnect") {

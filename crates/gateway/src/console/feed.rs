@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 use super::auth::Operator;
 use super::overview::Scope;
 use super::{Console, MAX_USERS, REFRESH, REVERIFY, json_event, signed_out};
-use crate::auth::Claims;
 use crate::error::{Error, Result};
 use crate::history::TailEvent;
 use crate::protocol;
@@ -44,11 +43,7 @@ fn local_presence<A: Adapter>(c: &Console<A>, channel: &str) -> Result<(u64, Vec
     let sockets = ns.to(protocol::room(channel)).sockets();
     let mut users: Vec<String> = sockets
         .iter()
-        .filter_map(|s| {
-            s.extensions
-                .get::<std::sync::Arc<Claims>>()
-                .map(|c| c.user_id.clone())
-        })
+        .filter_map(|s| crate::session::claims_of(&s.extensions).map(|c| c.user_id.clone()))
         .collect();
     users.sort_unstable();
     users.dedup();
