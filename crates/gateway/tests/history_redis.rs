@@ -198,3 +198,52 @@ async fn items_are_trimmed_to_max_items_and_the_payload_is_stamped_like_the_live
         .unwrap();
     assert!(w.items.len() < 250, "{}", w.items.len());
 }
+
+/// How many scripts this Redis has run (`INFO commandstats`: EVALSHA and EVAL).
+async fn scripts_run(pool: &fred::clients::Pool) -> u64 {
+    let info = CustomCommand::new_static("INFO", ClusterHash::Random, false);
+    let text: String = pool
+        .next()
+        .custom(info, vec![Value::from("commandstats")])
+        .await
+        .expect("INFO");
+    text.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split(['=', ','])
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_viewers_recovering_at_once_share_a_few_reads_and_all_get_the_same_items() {
+    let Some(redis) = redis() else { return };
+    let (a, pool) = store(&redis.url, "t4").await;
+    let mut epoch: std::sync::Arc<str> = "".into();
+    for n in 0..120 {
+        let s = a
+            .record("ch", "chat:new", &format!(r#"{{"n":{n}}}"#), &LIMITS, now())
+            .await
+            .expect("recorded");
+        epoch = s.position.epoch;
+    }
+    let before = scripts_run(&pool).await;
+    let reads: Vec<_> = (0..1000)
+        .map(|_| {
+            let (a, epoch) = (a.clone(), epoch.clone());
+            tokio::spawn(async move { a.since("ch", &Position::new(epoch, 20), &LIMITS).await })
+        })
+        .collect();
+    for r in reads {
+        let w = r.await.unwrap().expect("every read answered");
+        assert_eq!(
+            w.items.iter().map(|i| i.offset).collect::<Vec<_>>(),
+            (21..=120).collect::<Vec<u64>>()
+        );
+    }
+    // Each recovery used to be a script of its own: 1,000, and under load most timed out.
+    let scripts = scripts_run(&pool).await - before;
+    assert!(scripts < 100, "{scripts} scripts for 1,000 identical reads");
+}

@@ -15,6 +15,7 @@
 //! epoch, so a position from the old one is refused (`recovered: false`) instead of replayed
 //! against the wrong items.
 
+pub mod coalesce;
 pub mod decide;
 pub mod deliver;
 pub mod memory;

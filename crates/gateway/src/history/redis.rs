@@ -29,6 +29,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, watch};
 
+use super::coalesce::Coalescer;
 use super::decide::Window;
 use super::{Item, Limits, Position, Stamped, TAIL_BUFFER, Unavailable, new_epoch, stamp};
 use crate::metrics::Metrics;
@@ -112,7 +113,13 @@ pub struct RedisStore {
     gaps: Arc<Mutex<Gaps>>,
     tails: Tails,
     metrics: Metrics,
+    reads: Coalescer<ReadKey, ReadResult>,
 }
+
+/// A read: channel and script arguments.
+type ReadKey = (Box<str>, Box<str>);
+/// A parsed read: the window and the stream's `created` time.
+type ReadResult = Result<(Window, u64), Unavailable>;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,6 +179,7 @@ impl RedisStore {
             gaps: Arc::default(),
             tails: Arc::default(),
             metrics,
+            reads: Coalescer::default(),
         }
     }
 
@@ -289,11 +297,24 @@ impl RedisStore {
     }
 
     /// A window read from Redis, refused while this replica knows the stream misses items.
+    /// Identical reads arriving together share one call (see [`super::coalesce`]).
     async fn read(&self, channel: &str, args: Vec<String>) -> Result<Window, Unavailable> {
-        let v = self
-            .call("history_read", &self.read, self.keys(channel), args)
-            .await?;
-        let (window, created) = parse_window(v)?;
+        let keys = self.keys(channel);
+        let key = (Box::<str>::from(channel), read_key(&args));
+        let (pool, metrics, script) = (
+            self.pool.clone(),
+            self.metrics.clone(),
+            Arc::clone(&self.read),
+        );
+        let read = move || {
+            let (pool, metrics, script) = (pool.clone(), metrics.clone(), Arc::clone(&script));
+            let (keys, args) = (keys.clone(), args.clone());
+            async move {
+                let v = eval(&pool, &metrics, "history_read", &script, keys, args).await?;
+                parse_window(v)
+            }
+        };
+        let (window, created) = self.reads.get(key, read).await.ok_or(Unavailable)??;
         if lock(&self.gaps).suspect(channel, created) {
             return Err(Unavailable);
         }
@@ -441,6 +462,11 @@ impl RedisStore {
         }
         let _ = client.quit().await;
     }
+}
+
+/// A read's arguments as one key for [`Coalescer`].
+fn read_key(args: &[String]) -> Box<str> {
+    args.join(" ").into()
 }
 
 /// Runs `script` on a connected client of `pool` within [`COMMAND_TIMEOUT`]; a pool with no
