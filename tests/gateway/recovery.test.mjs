@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   startGateway, user, chan, connect, join, emitAck, nextEvent, expectNoEvent, closeAllSockets,
-  freePort, sleep, token, uid, bridge, waitDisconnect, OK,
+  freePort, sleep, token, uid, bridge, waitDisconnect, metricsText, metricValue, OK,
 } from './harness.mjs';
 
 const redisBin = process.env.REDIS_SERVER_BIN ?? 'redis-server';
@@ -277,10 +277,13 @@ test('while Redis does not answer, chat is delivered without offsets and the str
   assert.equal(unrecorded.message, 'unrecorded');
   assert.equal(unrecorded.offset, undefined);
   assert.equal(unrecorded.epoch, undefined);
-  // Recovery meanwhile answers honestly.
+  // Recovery meanwhile answers honestly, and the metric says why.
+  const unavailable = { via: 'join', result: 'store_unavailable' };
+  const before = metricValue(await metricsText(gwA), 'live_history_recoveries_total', unavailable);
   const during = await emitAck(await connect(gwA, user().token), 'join',
     { channelName: c, since: { offset: recorded.offset, epoch: recorded.epoch } }, 5000);
   assert.equal(during.recovered, false);
+  assert.equal(metricValue(await metricsText(gwA), 'live_history_recoveries_total', unavailable) - before, 1);
   await sleep(2200);
   await say(sender, c, 'recorded again');
   const again = await nextEvent(sender, 'chat:new', CROSS_MS);

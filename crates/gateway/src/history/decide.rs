@@ -42,8 +42,10 @@ pub enum Recovery {
 /// Why a recovery failed; a bounded metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {
-    /// No history for the channel (never written, expired, or history off or unavailable).
+    /// No history for the channel (never written, expired, or history off).
     NoHistory,
+    /// The store did not answer in time (Redis down or overloaded): nothing can be vouched for.
+    Unavailable,
     /// The stream was replaced (Redis flushed, history expired, a gap in recording).
     EpochChanged,
     /// The position is ahead of the stream: not one this server handed out.
@@ -58,6 +60,7 @@ impl Why {
     pub fn label(self) -> &'static str {
         match self {
             Self::NoHistory => "no_history",
+            Self::Unavailable => "store_unavailable",
             Self::EpochChanged => "epoch_changed",
             Self::Unknown => "unknown_position",
             Self::TooOld => "too_old",

@@ -195,7 +195,7 @@ pub async fn read_reply(st: &AppState, channel: &str, request: &HistoryRequest) 
                 reply.head = w.head.clone();
                 decide::recover(since, &w, now, bounds)
             }
-            Err(Unavailable) => Recovery::NotRecovered(decide::Why::NoHistory),
+            Err(Unavailable) => Recovery::NotRecovered(unavailable(&limits)),
         };
         match outcome {
             Recovery::Recovered(items) => {
@@ -453,7 +453,7 @@ pub async fn replay<A: Adapter>(s: &SocketRef<A>, st: &AppState) {
         let window = match read {
             Ok(w) => w,
             Err(Unavailable) => {
-                metrics.history_recovery("connection_state", "no_history");
+                metrics.history_recovery("connection_state", unavailable(&limits).label());
                 fail_replay(s);
                 return;
             }
@@ -483,6 +483,15 @@ pub async fn replay<A: Adapter>(s: &SocketRef<A>, st: &AppState) {
     metrics.history_recovery("connection_state", "recovered");
     metrics.history_replayed.inc_by(items.len() as u64);
     release(s, &covered);
+}
+
+/// Why a read that answered `Unavailable` failed: history switched off, or the store itself.
+fn unavailable(limits: &Limits) -> decide::Why {
+    if limits.enabled() {
+        decide::Why::Unavailable
+    } else {
+        decide::Why::NoHistory
+    }
 }
 
 #[cfg(test)]
