@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{Extension, State};
-use socketioxide::handler::{FromMessageParts, Value};
+use socketioxide::extract::{Extension, SocketRef, State};
+use socketioxide::handler::{FromMessageParts, Value as Packet};
 use socketioxide::socket::Socket;
 
 use crate::budget::Verdict;
+use crate::error::{Error, Result};
 use crate::order::{Running, Turn};
 use crate::session::{self, Session};
 use crate::state::AppState;
@@ -42,6 +43,27 @@ impl Admitted {
             None => None,
         }
     }
+
+    /// The event's data to handle, or the refusal: `too_many_events` over the budget (whatever
+    /// the data), `invalid_payload` for data that is not JSON.
+    pub fn payload<E>(
+        &self,
+        data: std::result::Result<serde_json::Value, E>,
+    ) -> Result<serde_json::Value> {
+        match (self.verdict, data) {
+            (Verdict::Allowed, Ok(v)) => Ok(v),
+            (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
+            (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
+        }
+    }
+
+    /// Once the event is answered: disconnects a socket that kept sending a whole burst of
+    /// events over its budget.
+    pub fn settle<A: Adapter>(&self, s: SocketRef<A>) {
+        if self.verdict == Verdict::Disconnect {
+            session::disconnect_over_budget(s, &self.state);
+        }
+    }
 }
 
 impl std::fmt::Debug for Admitted {
@@ -65,9 +87,9 @@ impl<A: Adapter> FromMessageParts<A> for Admitted {
 
     fn from_message_parts(
         s: &Arc<Socket<A>>,
-        v: &mut Value,
+        v: &mut Packet,
         ack_id: &Option<i64>,
-    ) -> Result<Self, NoSession> {
+    ) -> std::result::Result<Self, NoSession> {
         let State(state) =
             State::<AppState>::from_message_parts(s, v, ack_id).map_err(|_| NoSession)?;
         let Extension(session) =

@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admit::Admitted;
 use crate::auth::{Claims, KeySet, LEEWAY_SECONDS, Purpose};
-use crate::budget::Verdict;
 use crate::error::{Error, Result};
 use crate::realtime::NAMESPACE;
+use crate::session::Session;
 use crate::state::{AppState, lock, unix_millis, unix_seconds};
 
 /// Client → server: `{token}`, a fresh token for the same user.
@@ -236,12 +236,7 @@ pub fn on_authenticated<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims)
             // takes its turn like any event.
             let _turn = a.begin().await;
             let (st, started) = (&a.state, a.at);
-            let c = a.session.claims();
-            let result = match (a.verdict, data) {
-                (Verdict::Allowed, Ok(v)) => refresh(&s, st, &c, &v).await,
-                (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
-                (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
-            };
+            let result = async { refresh(&s, st, &a.session, &a.payload(data)?).await }.await;
             st.metrics
                 .messages
                 .with_label_values(&["auth_refresh", "in"])
@@ -263,9 +258,7 @@ pub fn on_authenticated<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims)
                 .message_duration
                 .with_label_values(&["auth_refresh"])
                 .observe(started.elapsed().as_secs_f64());
-            if a.verdict == Verdict::Disconnect {
-                crate::session::disconnect_over_budget(s, st);
-            }
+            a.settle(s);
         },
     );
 }
@@ -275,7 +268,7 @@ pub fn on_authenticated<A: Adapter>(s: &SocketRef<A>, st: &AppState, c: &Claims)
 async fn refresh<A: Adapter>(
     s: &SocketRef<A>,
     st: &AppState,
-    c: &Claims,
+    session: &Session,
     v: &Value,
 ) -> Result<Option<u64>> {
     let token = v
@@ -290,14 +283,13 @@ async fn refresh<A: Adapter>(
             .with_label_values(&[e.reason()])
             .inc();
     })?;
-    if fresh.user_id != c.user_id {
+    let current = session.claims();
+    if fresh.user_id != current.user_id {
         return Err(Error::UserMismatch);
     }
     let exp = fresh.exp;
-    st.sessions.replace(s.id, c, &fresh);
-    if let Some(session) = s.extensions.get::<Arc<crate::session::Session>>() {
-        session.set_claims(Arc::new(fresh));
-    }
+    st.sessions.replace(s.id, &current, &fresh);
+    session.set_claims(Arc::new(fresh));
     Ok(exp)
 }
 

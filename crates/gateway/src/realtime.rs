@@ -18,7 +18,6 @@ use socketioxide::socket::DisconnectReason;
 
 use crate::admit::Admitted;
 use crate::auth::Claims;
-use crate::budget::Verdict;
 use crate::churn::Decision;
 use crate::error::{Error, Result};
 use crate::handshake;
@@ -130,15 +129,9 @@ macro_rules! on_event {
                    ack: AckSender<$A>,
                    TryData(d): TryData<Value>| {
                 let _turn = a.begin().await;
-                let r = match (a.verdict, d) {
-                    (Verdict::Allowed, Ok(v)) => $handler(&s, &a.state, &a.session, &v).await,
-                    (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
-                    (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
-                };
+                let r = async { $handler(&s, &a.state, &a.session, &a.payload(d)?).await }.await;
                 finish(&s, ack, &a.state, $kind, r, a.at);
-                if a.verdict == Verdict::Disconnect {
-                    session::disconnect_over_budget(s, &a.state);
-                }
+                a.settle(s);
             },
         )
     };
@@ -154,12 +147,8 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
         inbound::JOIN,
         async |s: SocketRef<A>, mut a: Admitted, ack: AckSender<A>, TryData(d): TryData<Value>| {
             let _turn = a.begin().await;
-            let (verdict, t, st, c) = (a.verdict, a.at, &a.state, &a.session);
-            let r = match (verdict, d) {
-                (Verdict::Allowed, Ok(v)) => join(&s, st, c, &v).await,
-                (Verdict::Allowed, Err(_)) => Err(Error::InvalidPayload),
-                (Verdict::Refused | Verdict::Disconnect, _) => Err(Error::TooManyEvents),
-            };
+            let (t, st) = (a.at, &a.state);
+            let r = async { join(&s, st, &a.session, &a.payload(d)?).await }.await;
             match r {
                 Ok(reply) => {
                     finish_replying(&s, ack, st, "join", Ok(()), reply.as_ref(), t);
@@ -170,9 +159,7 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
                 }
                 Err(e) => finish(&s, ack, st, "join", Err(e), t),
             }
-            if verdict == Verdict::Disconnect {
-                session::disconnect_over_budget(s, st);
-            }
+            a.settle(s);
         },
     );
     on_event!(s, A, inbound::LEAVE, "leave", leave);
@@ -190,9 +177,7 @@ fn register_handlers<A: Adapter>(s: &SocketRef<A>, state: &AppState) {
             .with_label_values(&["unknown", "in"])
             .inc();
         a.state.metrics.error("unknown_event");
-        if a.verdict == Verdict::Disconnect {
-            session::disconnect_over_budget(s, &a.state);
-        }
+        a.settle(s);
     });
     s.on_disconnect(
         async |s: SocketRef<A>,
