@@ -247,25 +247,7 @@ impl SharedStore {
         if !self.is_connected() {
             return Err(());
         }
-        let client = self.pool.next_connected();
-        match tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            script.evalsha_with_reload::<R, _, _>(client, keys, args),
-        )
-        .await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.metrics.redis_error(op);
-                tracing::debug!(op, error = %e, "redis call failed");
-                Err(())
-            }
-            Err(_) => {
-                self.metrics.redis_error(op);
-                tracing::debug!(op, "redis call timed out");
-                Err(())
-            }
-        }
+        eval(&self.pool, &self.metrics, op, script, keys, args).await
     }
 
     /// The shared mute check and rate-limit count for one chat or gift. `Err` means Redis could
@@ -575,6 +557,39 @@ fn pairs(flat: Vec<String>) -> HashMap<String, u64> {
 /// Channel names cannot contain a newline, so this field is unambiguous.
 fn presence_field(channel: &str, user: &str) -> String {
     format!("{channel}\n{user}")
+}
+
+/// Runs `script` on the next connected client of `pool` within [`COMMAND_TIMEOUT`]; an error or
+/// a timeout is counted under `op` (`live_redis_errors_total`) and answered `Err`. The one script
+/// runner of the shared store and of the history; each checks the pool's connection its own way
+/// first.
+pub(crate) async fn eval<R: fred::types::FromValue>(
+    pool: &Pool,
+    metrics: &Metrics,
+    op: &'static str,
+    script: &Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<R, ()> {
+    let client = pool.next_connected();
+    match tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        script.evalsha_with_reload::<R, _, _>(client, keys, args),
+    )
+    .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            metrics.redis_error(op);
+            tracing::debug!(op, error = %e, "redis call failed");
+            Err(())
+        }
+        Err(_) => {
+            metrics.redis_error(op);
+            tracing::debug!(op, "redis call timed out");
+            Err(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@
 //!   `p` (the payload as delivered), `t` (ms), `x` (epoch). `XADD ... MAXLEN ~ maxItems`, expires
 //!   `maxAgeSeconds` after the last item; reads also drop older items.
 //!
-//! Degraded mode: when Redis does not answer within [`COMMAND_TIMEOUT`], the item is delivered
+//! Degraded mode: when Redis does not answer within the gateway's Redis command timeout
+//! ([`COMMAND_TIMEOUT`](crate::cluster::COMMAND_TIMEOUT); a delivery waits for its offset, so
+//! this bounds the latency an unhealthy Redis adds to a chat message), the item is delivered
 //! without `offset`/`epoch` (delivery never waits on history) and the channel is marked: its
 //! next recorded item starts a new epoch, so no recovery can skip what was not recorded.
 //! Reads that fail answer `recovered: false`.
@@ -35,9 +37,6 @@ use super::{Item, Limits, Position, Stamped, TAIL_BUFFER, Unavailable, new_epoch
 use crate::metrics::Metrics;
 use crate::state::lock;
 
-/// How long a history call may take before Redis counts as unavailable for it. A delivery waits
-/// for its offset, so this bounds the latency an unhealthy Redis adds to a chat message.
-const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a channel's stream metadata outlives its last item (see the module doc).
 pub const META_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A tail's `XREAD BLOCK`, below the client's command timeout.
@@ -117,7 +116,7 @@ pub struct RedisStore {
 }
 
 /// A read: channel and script arguments.
-type ReadKey = (Box<str>, Box<str>);
+type ReadKey = (Box<str>, Vec<String>);
 /// A parsed read: the window and the stream's `created` time.
 type ReadResult = Result<(Window, u64), Unavailable>;
 
@@ -299,20 +298,12 @@ impl RedisStore {
     /// A window read from Redis, refused while this replica knows the stream misses items.
     /// Identical reads arriving together share one call (see [`super::coalesce`]).
     async fn read(&self, channel: &str, args: Vec<String>) -> Result<Window, Unavailable> {
-        let keys = self.keys(channel);
-        let key = (Box::<str>::from(channel), read_key(&args));
-        let (pool, metrics, script) = (
-            self.pool.clone(),
-            self.metrics.clone(),
-            Arc::clone(&self.read),
-        );
+        let key = (Box::<str>::from(channel), args.clone());
+        let (store, keys) = (self.clone(), self.keys(channel));
+        // Called again for every later batch of the same read, so it clones what it sends.
         let read = move || {
-            let (pool, metrics, script) = (pool.clone(), metrics.clone(), Arc::clone(&script));
-            let (keys, args) = (keys.clone(), args.clone());
-            async move {
-                let v = eval(&pool, &metrics, "history_read", &script, keys, args).await?;
-                parse_window(v)
-            }
+            let (store, keys, args) = (store.clone(), keys.clone(), args.clone());
+            async move { parse_window(store.call("history_read", &store.read, keys, args).await?) }
         };
         let (window, created) = self.reads.get(key, read).await.ok_or(Unavailable)??;
         if lock(&self.gaps).suspect(channel, created) {
@@ -464,14 +455,10 @@ impl RedisStore {
     }
 }
 
-/// A read's arguments as one key for [`Coalescer`].
-fn read_key(args: &[String]) -> Box<str> {
-    args.join(" ").into()
-}
-
-/// Runs `script` on a connected client of `pool` within [`COMMAND_TIMEOUT`]; a pool with no
-/// connected client, an error or a timeout is counted under `op` and answered `Unavailable`, so
-/// callers fall back at once. Shared by the history streams and the recovery sessions.
+/// Runs `script` on a connected client of `pool` (see [`crate::cluster::store::eval`]); a pool
+/// with no connected client, an error or a timeout is counted under `op` and answered
+/// `Unavailable`, so callers fall back at once. Shared by the history streams and the recovery
+/// sessions.
 pub(super) async fn eval(
     pool: &Pool,
     metrics: &Metrics,
@@ -484,25 +471,9 @@ pub(super) async fn eval(
         metrics.redis_error(op);
         return Err(Unavailable);
     }
-    let client = pool.next_connected();
-    match tokio::time::timeout(
-        COMMAND_TIMEOUT,
-        script.evalsha_with_reload::<Value, _, _>(client, keys, args),
-    )
-    .await
-    {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            metrics.redis_error(op);
-            tracing::debug!(op, error = %e, "history call failed");
-            Err(Unavailable)
-        }
-        Err(_) => {
-            metrics.redis_error(op);
-            tracing::debug!(op, "history call timed out");
-            Err(Unavailable)
-        }
-    }
+    crate::cluster::store::eval(pool, metrics, op, script, keys, args)
+        .await
+        .map_err(|()| Unavailable)
 }
 
 /// Parses the read script's reply: `{}` (no stream) or `{epoch, top, entries, created}`; the
