@@ -128,16 +128,11 @@ mod tests {
         drop(turns.take());
         let mut third = tokio::spawn(turns.take().begin());
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut third)
-                .await
-                .is_err(),
+            still_waiting(&mut third).await,
             "the third turn must wait for the first, which still runs"
         );
         drop(first);
-        tokio::time::timeout(Duration::from_secs(1), third)
-            .await
-            .expect("begins once the first has finished")
-            .unwrap();
+        finishes(third).await;
     }
 
     #[tokio::test]
@@ -147,15 +142,25 @@ mod tests {
         let second = turns.take();
         let mut waiting = tokio::spawn(second.begin());
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
-                .await
-                .is_err(),
+            still_waiting(&mut waiting).await,
             "the second turn must not begin while the first runs"
         );
         drop(first);
-        tokio::time::timeout(Duration::from_secs(1), waiting)
+        finishes(waiting).await;
+    }
+
+    /// Whether `task` has still not finished after a moment.
+    async fn still_waiting<T>(task: &mut tokio::task::JoinHandle<T>) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), task)
             .await
-            .expect("begins once the first has finished")
-            .unwrap();
+            .is_err()
+    }
+
+    /// Waits for `task`, which must finish soon and without panicking.
+    async fn finishes<T>(task: tokio::task::JoinHandle<T>) {
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("finishes once the turn before has ended")
+            .expect("does not panic");
     }
 }
